@@ -1,0 +1,38 @@
+# One-command set-up and the two README commands: `make demo` and `make test`.
+PY     ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DEMO_OUT ?= out/demo-smollm2-gptq4-eora64
+
+.PHONY: setup test test-fast demo recipes bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA packages
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test,data]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# The headline job on the embedded default model: GPTQ 4-bit g128 + EoRA rank 64 on SmolLM2,
+# calibrated and evaluated on the builtin Wikipedia text (held-out articles).
+demo: setup
+	$(BIN)/svdc compress smollm2-135m --method eora --bits 4 --group-size 128 --rank 64 \
+	    --calib builtin --nsamples 32 --seqlen 512 --eval builtin --eval-windows 40 \
+	    -o $(DEMO_OUT) --force
+	$(BIN)/svdc inspect $(DEMO_OUT)
+
+recipes: setup
+	$(BIN)/python scripts/reproduce.py recipes/small/*.yaml
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,9 @@
+"""svdc: post-training compression of Hugging Face causal language models."""
+
+__version__ = "0.1.0"
+
+
+def load(path, device="cpu", dtype=None):
+    """Load a compressed checkpoint folder written by ``svdc compress`` (see checkpoint.py)."""
+    from .checkpoint import load_compressed
+    return load_compressed(path, device=device, dtype=dtype)

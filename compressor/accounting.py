@@ -1,0 +1,69 @@
+"""Parameters and bytes counted from the tensors actually written, not from formulas."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def safetensors_entries(path: Path) -> dict[str, tuple[int, int]]:
+    """{key: (numel, bytes)} read from a safetensors header (the file's own truth)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        numel = 1
+        for d in v["shape"]:
+            numel *= d
+        start, end = v["data_offsets"]
+        out[k] = (numel, end - start)
+    return out
+
+
+def written_entries(folder: Path) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(safetensors_entries(f))
+    return out
+
+
+def model_footprint(model: nn.Module) -> tuple[int, int]:
+    """(params, bytes) of a model's unique tensors (tied weights once)."""
+    seen, numel, nbytes = set(), 0, 0
+    for t in model.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen and t.numel():
+            continue
+        seen.add(key)
+        numel += t.numel()
+        nbytes += t.numel() * t.element_size()
+    return numel, nbytes
+
+
+def totals(entries: dict[str, tuple[int, int]], target_names: list[str],
+           before_targets: tuple[int, int], before_model: tuple[int, int]) -> dict[str, Any]:
+    prefixes = tuple(n + "." for n in target_names)
+    t_numel = sum(v[0] for k, v in entries.items() if k.startswith(prefixes))
+    t_bytes = sum(v[1] for k, v in entries.items() if k.startswith(prefixes))
+    m_numel = sum(v[0] for v in entries.values())
+    m_bytes = sum(v[1] for v in entries.values())
+
+    def block(before: tuple[int, int], after_numel: int, after_bytes: int) -> dict[str, Any]:
+        return {"params_before": before[0], "params_after": after_numel,
+                "bytes_before": before[1], "bytes_after": after_bytes,
+                "params_kept": after_numel / max(before[0], 1),
+                "bytes_kept": after_bytes / max(before[1], 1),
+                "bits_per_weight": 8 * after_bytes / max(before[0], 1)}
+
+    return {"targets": block(before_targets, t_numel, t_bytes),
+            "model": block(before_model, m_numel, m_bytes)}

@@ -1,0 +1,204 @@
+"""One entry point: ``compress(recipe)`` runs load → data → gradients → plan → layers → write → eval.
+
+The CLI and the scripts call this; nothing here parses flags or prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .accounting import model_footprint, totals, written_entries
+from .atomic import atomic_dir, check_output
+from .checkpoint import save_compressed
+from .errors import UserError
+from .pipeline import sequential_compress
+from .progress import NullProgress, ProgressSink
+from .recipe import Recipe, dump_recipe
+from .report import write_report
+from .resume import LayerCheckpoints, fingerprint, resume_dir_for
+from .runtime import StageTimer, machine, peak_memory, resolve_device, versions
+from .stages import build_stage, stage_needs
+
+log = logging.getLogger("svdc")
+
+
+@dataclass
+class CompressResult:
+    output: Path
+    report: dict[str, Any]
+    model: torch.nn.Module
+
+
+def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
+             progress: ProgressSink | None = None, command: str = "",
+             keep_model: bool = False) -> CompressResult:
+    from .data import calibration_windows
+    from .models import decoder_layers, linear_kind, load_model, target_linears
+
+    progress = progress or NullProgress()
+    if not recipe.model:
+        raise UserError("no model given: pass MODEL on the command line or set `model:` in the recipe")
+    if not recipe.output:
+        raise UserError("no output folder given: pass -o/--output or set `output:` in the recipe")
+    output = Path(recipe.output)
+    check_output(output, force)
+    device = resolve_device(recipe.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = StageTimer()
+    stages = [build_stage(s["method"], {k: v for k, v in s.items() if k != "method"}) for s in recipe.stages]
+    needs = stage_needs(stages)
+    if stages[0].method.uses_previous:
+        raise UserError(f"{stages[0].name} compensates an earlier stage; put a base stage before it "
+                        f"(e.g. --base gptq, or a gptq stage first in the recipe)")
+
+    with timer("load"):
+        model, tokenizer, minfo = load_model(recipe.model, dtype=recipe.dtype, device="cpu")
+    minfo_d = minfo if isinstance(minfo, dict) else vars(minfo)
+    layers_path, layers = decoder_layers(model)
+    inc, exc = recipe.targets.include, recipe.targets.exclude
+    target_names = [f"{layers_path}.{i}.{rel}" for i, layer in enumerate(layers)
+                    for rel in target_linears(layer, include=inc, exclude=exc)]
+    if not target_names:
+        raise UserError(f"no linear layers matched the target patterns include={inc} exclude={exc}")
+    before_model = model_footprint(model)
+    tw = [model.get_submodule(n).weight for n in target_names]
+    before_targets = (sum(w.numel() for w in tw), sum(w.numel() * w.element_size() for w in tw))
+
+    cal = recipe.calibration
+    seqlen = min(cal.seqlen, getattr(model.config, "max_position_embeddings", cal.seqlen) or cal.seqlen)
+    with timer("data"):
+        windows = calibration_windows(tokenizer, cal.dataset, cal.nsamples, seqlen, cal.seed)
+
+    grad_stats, grad_info = None, None
+    want = {s for s in needs if s in ("fisher", "grad_absmean")}
+    if want:
+        with timer("gradients"):
+            grad_stats, grad_info = _gradients(recipe, model, windows, target_names, want, device, progress)
+
+    with timer("plan"):
+        weights = {n: model.get_submodule(n).weight for n in target_names}
+        fisher = ({n: g["fisher"] for n, g in grad_stats.items() if "fisher" in g}
+                  if grad_stats else None)
+        for st in stages:
+            st.plan = st.method.plan(weights, st.cfg, fisher) or {}
+
+    recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}), sort_keys=True)
+    ckpt = LayerCheckpoints(resume_dir_for(output),
+                            fingerprint(minfo_d, windows, recipe_json, __version__), resume)
+    with timer("layers"):
+        result = sequential_compress(
+            model, layers_path, layers,
+            targets_of=lambda layer: target_linears(layer, include=inc, exclude=exc),
+            kind_of=linear_kind, windows=windows, stages=stages, needs=needs, device=device,
+            seed=cal.seed, grad_stats=grad_stats, progress=progress, resume=ckpt)
+    timer.seconds.update({f"layers.{k}": v for k, v in result.stage_seconds.items()})
+
+    report: dict[str, Any] = {
+        "svdc_version": __version__, "command": command, "recipe": recipe.model_dump(mode="json"),
+        "model": {k: (str(v) if isinstance(v, Path) else v) for k, v in minfo_d.items()},
+        "device": str(device), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "calibration": {"dataset": cal.dataset, "nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
+                        "seed": cal.seed},
+        "gradients": grad_info, "resumed_layers": ckpt.resumed_layers,
+        "modules": [r.to_dict() for r in result.records],
+        "versions": versions(), "machine": machine(device)}
+    with atomic_dir(output, force) as tmp:
+        with timer("write"):
+            save_compressed(model, tokenizer, tmp, {"recipe_fingerprint": ckpt.fp})
+            (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+            report["totals"] = totals(written_entries(tmp), target_names, before_targets, before_model)
+        if recipe.eval:
+            with timer("eval"):
+                report["eval"] = evaluate_all(model, tokenizer, recipe, seqlen, device, progress)
+        report["expect"] = check_expectations(recipe, report)
+        report["stage_seconds"] = timer.seconds
+        report["peak_memory"] = peak_memory(device)
+        write_report(report, tmp)
+    ckpt.remove()
+    return CompressResult(output=output, report=report, model=model if keep_model else None)
+
+
+def _gradients(recipe, model, windows, target_names, want, device, progress):
+    from .gradients import gradient_stats, load_gradient_stats, save_gradient_stats
+
+    g = recipe.gradients
+    if g.fisher_file and Path(g.fisher_file).is_file():
+        stats, meta = load_gradient_stats(g.fisher_file, expected_names=target_names)
+        missing = [w for w in want if not all(w in stats[n] for n in target_names)]
+        if missing:
+            raise UserError(f"{g.fisher_file} lacks {missing}; delete it or point --fisher-file elsewhere to recompute")
+        return stats, {"loaded_from": g.fisher_file, **meta}
+    n = min(g.nsamples or windows.shape[0], windows.shape[0])
+    stats, info = gradient_stats(model, windows[:n], target_names, set(want), device, progress=progress)
+    model.to("cpu")
+    if g.fisher_file:
+        save_gradient_stats(g.fisher_file, stats, {"model": str(recipe.model), "nsamples": n,
+                                                   "seqlen": int(windows.shape[1]), "seed": recipe.calibration.seed})
+        info = {**info, "saved_to": g.fisher_file}
+    return stats, info
+
+
+def evaluate_all(model, tokenizer, recipe: Recipe, calib_seqlen: int, device, progress) -> list[dict[str, Any]]:
+    from .evaluate import evaluate
+
+    ev = recipe.eval
+    assert ev is not None
+    model.to(device)
+    out = []
+    for ds in ev.datasets:
+        res = evaluate(model, tokenizer, ds, ev.seqlen or calib_seqlen, max_windows=ev.max_windows,
+                       device=str(device), progress=_progress_fn(progress, f"eval {ds}"))
+        if not math.isfinite(res["ppl"]):
+            raise FloatingPointError(f"perplexity on {ds} is not finite")
+        out.append(res)
+    model.to("cpu")
+    return out
+
+
+def _progress_fn(progress: ProgressSink, stage: str):
+    state = {"started": False}
+
+    def fn(i: int, n: int) -> None:
+        if not state["started"]:
+            progress.start(stage, n, "window")
+            state["started"] = True
+        progress.advance(stage, 1)
+        if i + 1 >= n:
+            progress.finish(stage)
+    return fn
+
+
+def metrics_of(report: dict[str, Any]) -> dict[str, float]:
+    """Flat metric names that `expect:` blocks may name."""
+    m: dict[str, float] = {}
+    t = report.get("totals", {})
+    if t:
+        m["bits_per_weight"] = t["targets"]["bits_per_weight"]
+        m["params_kept"] = t["targets"]["params_kept"]
+        m["bytes"] = float(t["model"]["bytes_after"])
+        m["target_bytes"] = float(t["targets"]["bytes_after"])
+    for e in report.get("eval") or []:
+        m[f"ppl.{e['dataset']}"] = e["ppl"]
+    errs = [r["output_rel_err"] for r in report.get("modules", []) if r["output_rel_err"] is not None]
+    if errs:
+        m["mean_output_rel_err"] = sum(errs) / len(errs)
+    return m
+
+
+def check_expectations(recipe: Recipe, report: dict[str, Any]) -> list[dict[str, Any]]:
+    m = metrics_of(report)
+    out = []
+    for name, exp in recipe.expect.items():
+        got = m.get(name)
+        ok = got is not None and abs(got - exp.value) <= exp.tol
+        out.append({"metric": name, "value": exp.value, "tol": exp.tol, "got": got, "ok": ok})
+    return out

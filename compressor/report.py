@@ -1,0 +1,130 @@
+"""report.json (everything), report.md (what a person reads) and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("svdc")
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _short_info(info: dict[str, Any]) -> str:
+    keep = []
+    for k, v in info.items():
+        if isinstance(v, (list, dict)):
+            continue
+        if isinstance(v, float):
+            v = f"{v:.3g}"
+        keep.append(f"{k}={v}")
+    return ", ".join(keep)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    t, m = report["totals"]["targets"], report["totals"]["model"]
+    lines = [f"# svdc report: {report['model']['source']}", "",
+             f"Stages: {' → '.join(s['method'] for s in report['recipe']['stages'])}  ",
+             f"Command: `{report['command']}`  ",
+             f"Seed {report['recipe']['calibration']['seed']}, calibration "
+             f"{report['calibration']['nsamples']}×{report['calibration']['seqlen']} tokens of "
+             f"{report['calibration']['dataset']}; device {report['device']}, dtype {report['dtype']}.", "",
+             "## Size", "", "| | params before | stored elements after | bytes before | bytes after | bits/weight |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, b in (("targets", t), ("whole model", m)):
+        lines.append(f"| {name} | {b['params_before']:,} | {b['params_after']:,} | {_fmt_bytes(b['bytes_before'])} | "
+                     f"{_fmt_bytes(b['bytes_after'])} | {b['bits_per_weight']:.3f} |")
+    if report.get("eval"):
+        lines += ["", "## Perplexity", "", "| dataset | split | seqlen | windows | ppl | partial |", "|---|---|---:|---:|---:|---|"]
+        for e in report["eval"]:
+            lines.append(f"| {e['dataset']} | {e.get('split', '')} | {e['seqlen']} | {e['n_windows']} | "
+                         f"{e['ppl']:.3f} | {'yes' if e.get('partial') else 'no'} |")
+    if report.get("expect"):
+        lines += ["", "## Expectations", "", "| metric | expected | tol | got | ok |", "|---|---:|---:|---:|---|"]
+        for e in report["expect"]:
+            got = "n/a" if e["got"] is None else f"{e['got']:.4g}"
+            lines.append(f"| {e['metric']} | {e['value']:.4g} | {e['tol']:.3g} | {got} | {'✓' if e['ok'] else '✗'} |")
+    lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---:|"]
+    for k, v in report["stage_seconds"].items():
+        lines.append(f"| {k} | {v:.2f} |")
+    lines += ["", f"Peak memory: {report['peak_memory']}", ""]
+    for plot in report.get("plots", []):
+        lines.append(f"![{plot}]({plot})")
+    lines += ["", "## Per module", "",
+              "| module | shape | bytes before → after | weight err | output err | s | details |",
+              "|---|---|---|---:|---:|---:|---|"]
+    for r in report["modules"]:
+        oe = "" if r["output_rel_err"] is None else f"{r['output_rel_err']:.4f}"
+        lines.append(f"| {r['name']} | {r['shape'][0]}×{r['shape'][1]} | {_fmt_bytes(r['bytes_before'])} → "
+                     f"{_fmt_bytes(r['bytes_after'])} | {r['weight_rel_err']:.4f} | {oe} | {r['seconds']:.2f} | "
+                     f"{_short_info(r['info'])} |")
+    lines += ["", "## Versions", "", "```", json.dumps(report["versions"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def plots(report: dict[str, Any], folder: Path) -> list[str]:
+    """Error per layer and rank/bits per layer, one line per module kind. Returns file names."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        log.warning("matplotlib missing: no plots")
+        return []
+    rows = report["modules"]
+    kinds = sorted({r["kind"] for r in rows})
+    out = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k in kinds:
+        pts = [(r["layer"], r["output_rel_err"]) for r in rows if r["kind"] == k and r["output_rel_err"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=k)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("relative output error (calibration)")
+    ax.set_title("Error per layer")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(folder / "error_per_layer.png", dpi=110)
+    plt.close(fig)
+    out.append("error_per_layer.png")
+    for key, label in (("rank", "rank"), ("bits_per_weight", "bits per weight")):
+        pts_by_kind = {k: [(r["layer"], _find(r["info"], key)) for r in rows if r["kind"] == k] for k in kinds}
+        pts_by_kind = {k: [(x, y) for x, y in v if y is not None] for k, v in pts_by_kind.items()}
+        if not any(pts_by_kind.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for k, pts in pts_by_kind.items():
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=k)
+        ax.set_xlabel("decoder layer")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per layer")
+        ax.legend(fontsize=7, ncol=4)
+        fig.tight_layout()
+        name = f"{key}_per_layer.png"
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        out.append(name)
+    return out
+
+
+def _find(info: dict[str, Any], key: str) -> float | None:
+    for k, v in info.items():
+        if k == key or k.endswith("." + key):
+            if isinstance(v, (int, float)):
+                return float(v)
+    return None
+
+
+def write_report(report: dict[str, Any], folder: Path) -> None:
+    report["plots"] = plots(report, folder)
+    (folder / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (folder / "report.md").write_text(markdown(report))

@@ -1,0 +1,294 @@
+"""Sparse coding: batched orthogonal matching pursuit and K-SVD dictionary learning.
+
+Pure tensor math on the device of the inputs, float64 inside (OMP's correlations
+``Dᵀy − G x`` cancel to ~0 as the residual vanishes, and K-SVD's error is the quantity we
+judge convergence by). Signals are the COLUMNS of Y (d, N); a code is (idx, coef), each
+(N, s): signal n ≈ Σ_j coef[n, j] · D[:, idx[n, j]].
+
+References: Rubinstein, Zibulevsky, Elad 2008, "Efficient implementation of the K-SVD
+algorithm using Batch Orthogonal Matching Pursuit" (Gram-based OMP with a progressive
+Cholesky factor; the approximate rank-1 atom update); Aharon, Elad, Bruckstein 2006 (K-SVD).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# Elements (float64) one OMP chunk may hold: bounds memory for wide layers on any device.
+DEFAULT_MAX_ELEMS = 1 << 25
+# A new atom whose squared distance to the span of the chosen ones is below this fraction
+# of its squared norm is linearly dependent: its slot is made inert (coefficient 0).
+DEPENDENT_TOL = 1e-10
+
+
+def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
+              max_elems: int = DEFAULT_MAX_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """s-sparse codes of every column of Y over the unit-norm atoms of D, all at once.
+
+    Greedy: each of the s steps picks, per signal, the atom most correlated with the
+    residual (never one already chosen), then refits least-squares coefficients on the
+    whole support. The residual is never formed: correlations are ``Dᵀy − G x`` with
+    G = DᵀD, and the support's Gram is factored progressively (one Cholesky row per step).
+    Signals are processed in chunks of at most ``max_elems`` working elements.
+
+    Returns idx (N, s) int64 and coef (N, s) in float64. A signal that is already exact
+    with fewer atoms gets coefficient 0 on the extra (linearly dependent) slots.
+    """
+    if D.ndim != 2 or Y.ndim != 2 or D.shape[0] != Y.shape[0]:
+        raise ValueError(f"D (d, k) and Y (d, N) must share d: got {tuple(D.shape)}, "
+                         f"{tuple(Y.shape)}")
+    k, N = D.shape[1], Y.shape[1]
+    if not 1 <= s <= k:
+        raise ValueError(f"sparsity s={s} must be in 1..{k} (the number of atoms)")
+    D64 = D.detach().to(torch.float64)
+    G = D64.mT @ D64
+    per_signal = s * s + 5 * k + 4 * s
+    chunk = max(1, min(N, max_elems // per_signal))
+    idx_out = torch.empty(N, s, dtype=torch.long, device=D.device)
+    coef_out = torch.empty(N, s, dtype=torch.float64, device=D.device)
+    for start in range(0, N, chunk):
+        stop = min(N, start + chunk)
+        A = (Y[:, start:stop].detach().to(torch.float64).mT @ D64)  # (n, k) = (Dᵀy)ᵀ
+        idx_out[start:stop], coef_out[start:stop] = _omp_chunk(G, A, s)
+    return idx_out, coef_out
+
+
+def _omp_chunk(G: torch.Tensor, A: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """OMP for n signals given G = DᵀD (k, k) and A = (DᵀY)ᵀ (n, k)."""
+    n, k = A.shape
+    dev = A.device
+    rows = torch.arange(n, device=dev)
+    idx = torch.zeros(n, s, dtype=torch.long, device=dev)
+    live = torch.zeros(n, s, dtype=torch.float64, device=dev)  # 1 = slot holds a real atom
+    L = torch.zeros(n, s, s, dtype=torch.float64, device=dev)   # Cholesky of support Gram
+    z = torch.zeros(n, s, dtype=torch.float64, device=dev)      # L⁻¹ b, grown one entry a step
+    used = torch.zeros(n, k, dtype=torch.bool, device=dev)
+    X = torch.zeros(n, k, dtype=torch.float64, device=dev)      # dense codes, for G x
+    corr = A
+    gdiag = torch.diagonal(G)
+    coef = z[:, :0]
+    for t in range(s):
+        a = corr.abs().masked_fill(used, -1.0).argmax(dim=1)
+        idx[:, t] = a
+        used[rows, a] = True
+        gaa = gdiag[a]
+        if t == 0:
+            w = torch.zeros(n, 0, dtype=torch.float64, device=dev)
+            d2 = gaa
+        else:
+            # Gram between the new atom and the live support; inert slots are decoupled.
+            g = G[idx[:, :t], a[:, None]] * live[:, :t]
+            w = torch.linalg.solve_triangular(L[:, :t, :t], g[..., None], upper=False)[..., 0]
+            d2 = gaa - (w * w).sum(dim=1)
+        ok = d2 > DEPENDENT_TOL * gaa.clamp_min(torch.finfo(torch.float64).tiny)
+        okf = ok.to(torch.float64)
+        L[:, t, :t] = w * okf[:, None]
+        L[:, t, t] = torch.where(ok, d2.clamp_min(0).sqrt(), torch.ones_like(d2))
+        live[:, t] = okf
+        b = A[rows, a] * okf
+        z[:, t] = (b - (L[:, t, :t] * z[:, :t]).sum(dim=1)) / L[:, t, t]
+        coef = torch.linalg.solve_triangular(L[:, :t + 1, :t + 1].mT, z[:, :t + 1, None],
+                                             upper=True)[..., 0]
+        if t + 1 < s:
+            X.zero_()
+            X.scatter_(1, idx[:, :t + 1], coef)
+            corr = A - X @ G
+    return idx, coef
+
+
+def ls_on_support(D: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor, *,
+                  max_elems: int = DEFAULT_MAX_ELEMS) -> torch.Tensor:
+    """Least-squares coefficients (N, s) float64 of each column of Y on its fixed support.
+
+    Lets K-SVD's final codes be at least as good as the codes its last atom sweep left.
+    A singular support Gram is ridged by a relative 1e-10 (only dependent atoms need it).
+    """
+    D64 = D.detach().to(torch.float64)
+    G = D64.mT @ D64
+    N, s = idx.shape
+    eye = torch.eye(s, dtype=torch.float64, device=D.device)
+    out = torch.empty(N, s, dtype=torch.float64, device=D.device)
+    chunk = max(1, min(N, max_elems // (s * s + D.shape[1] + 2 * s)))
+    for start in range(0, N, chunk):
+        sl = idx[start:start + chunk]
+        A = Y[:, start:start + chunk].detach().to(torch.float64).mT @ D64   # (n, k)
+        Gs = G[sl[:, :, None], sl[:, None, :]]
+        scale = torch.diagonal(Gs, dim1=-2, dim2=-1).mean(dim=-1).clamp_min(1e-300)
+        Gs = Gs + (1e-10 * scale)[:, None, None] * eye
+        out[start:start + chunk] = torch.linalg.solve(Gs, A.gather(1, sl)[..., None])[..., 0]
+    return out
+
+
+def dense_codes(idx: torch.Tensor, coef: torch.Tensor, k: int) -> torch.Tensor:
+    """The codes as a dense (N, k) matrix (duplicates in a row are summed)."""
+    X = torch.zeros(idx.shape[0], k, dtype=coef.dtype, device=coef.device)
+    return X.scatter_add_(1, idx, coef)
+
+
+def residual_norms(D: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor,
+                   coef: torch.Tensor) -> torch.Tensor:
+    """‖y_n − D x_n‖ per signal (N,), float64."""
+    Y64 = Y.detach().to(torch.float64)
+    R = Y64 - D.to(torch.float64) @ dense_codes(idx, coef.to(torch.float64), D.shape[1]).mT
+    return torch.linalg.vector_norm(R, dim=0)
+
+
+def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator,
+         init: torch.Tensor | None = None, *, power_iters: int = 2,
+         max_elems: int = DEFAULT_MAX_ELEMS
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Learn D (d, k) with unit-norm atoms and s-sparse codes so that Y ≈ D X.
+
+    Each iteration: batch OMP for all signals, then a Gauss-Seidel sweep over the used
+    atoms, each replaced by the top singular pair of its error matrix restricted to the
+    signals that use it (support kept, coefficients updated with it). The rank-1 pair is
+    computed by ``power_iters`` alternating steps warm-started at the current atom, so
+    the error never increases. Unused atoms are replaced by the normalized residuals of the
+    worst-represented signals (a seeded random direction when those residuals vanish).
+
+    ``init`` (d, k) is normalized and used as the starting dictionary; otherwise D starts
+    from the top left singular vectors of Y (deterministic), completed, when k exceeds
+    rank(Y)'s dimensions, with normalized signals chosen with ``generator``.
+
+    Returns D float64, idx (N, s) int64, coef (N, s) float64 and info
+    {"rel_errors": ‖Y−DX‖/‖Y‖ after each iteration's coding and finally, "replaced_atoms"}.
+    The final codes are, per signal, the better of a fresh OMP and a least-squares refit
+    on the last sweep's support, so the final error is the lowest seen.
+    """
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be (d, N), got shape {tuple(Y.shape)}")
+    d, N = Y.shape
+    if not 1 <= s <= k:
+        raise ValueError(f"sparsity s={s} must be in 1..k={k}")
+    if s > d:
+        raise ValueError(f"sparsity s={s} exceeds the signal dimension d={d}")
+    Y64 = Y.detach().to(torch.float64)
+    if not bool(torch.isfinite(Y64).all()):
+        raise ValueError("K-SVD input has NaN/Inf entries")
+    ynorm = float(torch.linalg.vector_norm(Y64)) or 1.0
+    if init is not None:
+        if init.shape != (d, k):
+            raise ValueError(f"init must be ({d}, {k}), got {tuple(init.shape)}")
+        D = _normalize_columns(init.detach().to(device=Y.device, dtype=torch.float64).clone(),
+                               generator)  # zero columns -> seeded random atoms
+    else:
+        D = _initial_dictionary(Y64, k, generator)
+
+    rel_errors: list[float] = []
+    replaced = 0
+    idx = coef = None
+    for _ in range(iters):
+        idx, coef = batch_omp(D, Y64, s, max_elems=max_elems)
+        rel_errors.append(float(torch.linalg.vector_norm(
+            residual_norms(D, Y64, idx, coef))) / ynorm)
+        D, coef, n_rep = _update_atoms(Y64, D, idx, coef, generator, power_iters)
+        replaced += n_rep
+
+    new_idx, new_coef = batch_omp(D, Y64, s, max_elems=max_elems)
+    if idx is not None:
+        refit = ls_on_support(D, Y64, idx, max_elems=max_elems)
+        old_err = residual_norms(D, Y64, idx, refit)
+        new_err = residual_norms(D, Y64, new_idx, new_coef)
+        keep_old = (old_err < new_err)[:, None]
+        new_idx = torch.where(keep_old, idx, new_idx)
+        new_coef = torch.where(keep_old, refit, new_coef)
+    rel_errors.append(float(torch.linalg.vector_norm(
+        residual_norms(D, Y64, new_idx, new_coef))) / ynorm)
+    info = {"rel_errors": rel_errors, "final_rel_error": rel_errors[-1],
+            "replaced_atoms": replaced, "iters": iters}
+    return D, new_idx, new_coef, info
+
+
+def _normalize_columns(D: torch.Tensor, generator: torch.Generator,
+                       floor: float = 0.0) -> torch.Tensor:
+    """Unit-norm columns; columns with norm <= floor become seeded random unit vectors."""
+    norms = torch.linalg.vector_norm(D, dim=0)
+    dead = norms <= floor
+    if bool(dead.any()):
+        D[:, dead] = _random_units(D.shape[0], int(dead.sum()), generator, D.device)
+        norms = torch.linalg.vector_norm(D, dim=0)
+    return D / norms
+
+
+def _random_units(d: int, count: int, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    v = torch.randn(d, count, generator=generator, dtype=torch.float64,
+                    device=generator.device).to(device)
+    return v / torch.linalg.vector_norm(v, dim=0)
+
+
+def _initial_dictionary(Y: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Top left singular vectors of Y: the best k-dimensional subspace to start from.
+
+    When k > min(d, N) the remaining atoms are distinct signals drawn with ``generator``
+    (normalized; random unit vectors if there are not enough signals).
+    """
+    d, N = Y.shape
+    U = torch.linalg.svd(Y, full_matrices=False).U[:, :k]
+    extra = k - U.shape[1]
+    if extra <= 0:
+        return U.contiguous()
+    perm = torch.randperm(N, generator=generator, device=generator.device).to(Y.device)
+    cols = Y[:, perm[:extra]]
+    if cols.shape[1] < extra:
+        cols = torch.cat([cols, torch.zeros(d, extra - cols.shape[1], dtype=Y.dtype,
+                                            device=Y.device)], dim=1)
+    return _normalize_columns(torch.cat([U, cols], dim=1), generator).contiguous()
+
+
+def _update_atoms(Y: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor,
+                  generator: torch.Generator, power_iters: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One K-SVD dictionary sweep (Gauss-Seidel over atoms); supports stay fixed.
+
+    For atom j with users ω, E_j = Y_ω − D X_ω + d_j x_jωᵀ is never formed: products
+    with it use the dense codes of ω, so each atom costs O(d|ω| + k|ω| + dk).
+    """
+    d, N = Y.shape
+    k = D.shape[1]
+    s = idx.shape[1]
+    D = D.clone()
+    X = dense_codes(idx, coef, k)                    # (N, k), kept in sync with the sweep
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=k)
+    bounds = torch.cumsum(counts, 0).tolist()        # one host sync per sweep
+    starts = [0] + bounds[:-1]
+    unused: list[int] = []
+    for j in range(k):
+        if bounds[j] == starts[j]:
+            unused.append(j)
+            continue
+        users = order[starts[j]:bounds[j]] // s       # distinct: OMP never repeats an atom
+        Yw = Y[:, users]                               # (d, m)
+        Xw = X[users]                                  # (m, k)
+        dj = D[:, j]
+        g_old = Xw[:, j]
+
+        def e_t(v: torch.Tensor) -> torch.Tensor:       # E_jᵀ v  (m,)
+            return Yw.mT @ v - Xw @ (D.mT @ v) + g_old * (dj @ v)
+
+        def e(u: torch.Tensor) -> torch.Tensor:         # E_j u   (d,)
+            return Yw @ u - D @ (Xw.mT @ u) + dj * (g_old @ u)
+
+        atom = dj
+        g = e_t(atom)
+        for _ in range(power_iters):
+            u = e(g)
+            nu = torch.linalg.vector_norm(u)
+            atom = torch.where(nu > 0, u / nu.clamp_min(1e-300), atom)
+            g = e_t(atom)
+        D[:, j] = atom
+        X[users, j] = g
+    if unused:
+        err = residual_norms(D, Y, idx, X.gather(1, idx))
+        worst = torch.argsort(err, descending=True, stable=True)[:len(unused)]
+        R = Y[:, worst] - D @ X[worst].mT
+        if R.shape[1] < len(unused):    # fewer signals than unused atoms
+            R = torch.cat([R, R.new_zeros(d, len(unused) - R.shape[1])], dim=1)
+        # A residual at rounding level carries no direction: draw a seeded one instead.
+        floor = 1e-10 * float(torch.linalg.vector_norm(Y, dim=0).max())
+        D[:, unused] = _normalize_columns(R, generator, floor)
+    return D, X.gather(1, idx), len(unused)

@@ -1,0 +1,214 @@
+"""LQ-LoRA: alternating Q + L decomposition, configuration costs, ILP bit allocation."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from compressor import lqlora, quant
+from compressor.errors import UserError
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _lowrank_plus_noise(m: int, n: int, rank: int, noise: float, seed: int) -> torch.Tensor:
+    g = _gen(seed)
+    return (torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g)
+            + noise * torch.randn(m, n, generator=g))
+
+
+def _heavy_tailed(m: int, n: int, seed: int) -> torch.Tensor:
+    """Student-t entries: outliers make NF blocks coarse, so more bits pay off a lot."""
+    g = _gen(seed)
+    z = torch.randn(m, n, generator=g)
+    chi = torch.randn(m, n, 2, generator=g).pow(2).sum(-1)
+    return z / (chi / 2).sqrt()
+
+
+def test_lq_beats_quantization_only_at_same_config():
+    w = _lowrank_plus_noise(48, 64, 4, 0.3, seed=1)
+    cfg = lqlora.NFConfig(3, 64)
+    deq = quant.dequantize_nf(quant.quantize_nf(w, 3, 64, double_quant=True))
+    q_only = float((w - deq).pow(2).sum() / w.pow(2).sum())
+    q, a, b, info = lqlora.lq_decompose(w, 8, lqlora.nf_quantizer(cfg))
+    approx = quant.dequantize_nf(q) + b @ a
+    err = float((w - approx).pow(2).sum() / w.pow(2).sum())
+    assert err == pytest.approx(info["error"], rel=1e-5)
+    assert info["errors"][0] == pytest.approx(q_only, rel=1e-5)
+    assert err < 0.5 * q_only          # the low-rank structure is absorbed by L
+    assert info["iterations"] >= 1
+    assert a.shape == (8, 64) and b.shape == (48, 8)
+
+
+def test_lq_rank_zero_is_quantization_only():
+    w = _lowrank_plus_noise(16, 32, 2, 0.1, seed=2)
+    q, a, b, info = lqlora.lq_decompose(w, 0, lqlora.nf_quantizer(lqlora.NFConfig(4, 32)))
+    assert a.shape == (0, 32) and b.shape == (16, 0) and info["iterations"] == 0
+    assert torch.equal(q.codes, quant.quantize_nf(w, 4, 32, double_quant=True).codes)
+
+
+def test_lq_constant_weights_change_nothing_and_fisher_weights_matter():
+    w = _lowrank_plus_noise(32, 48, 3, 0.5, seed=3)
+    quantizer = lqlora.nf_quantizer(lqlora.NFConfig(2, 32))
+    _, a0, b0, i0 = lqlora.lq_decompose(w, 6, quantizer)
+    _, a1, b1, i1 = lqlora.lq_decompose(w, 6, quantizer, row_weight=torch.full((32,), 3.0),
+                                        col_weight=torch.full((48,), 0.5))
+    assert i1["errors"] == pytest.approx(i0["errors"], rel=1e-4)
+    assert torch.allclose(b0 @ a0, b1 @ a1, atol=1e-4)
+    # Strongly uneven row importance: the weighted decomposition must do better in the
+    # weighted metric than the unweighted one.
+    r = torch.ones(32)
+    r[:4] = 30.0
+    q2, a2, b2, i2 = lqlora.lq_decompose(w, 6, quantizer, row_weight=r)
+    q0, _, _, _ = lqlora.lq_decompose(w, 6, quantizer)
+
+    def werr(q, a, b):
+        return float(((w - quant.dequantize_nf(q) - b @ a) * r[:, None]).pow(2).sum())
+    assert werr(q2, a2, b2) < werr(q0, a0, b0)
+
+
+def test_lq_rank_too_large_is_user_error():
+    with pytest.raises(UserError, match="rank"):
+        lqlora.lq_decompose(torch.randn(8, 12), 9, lqlora.nf_quantizer(lqlora.NFConfig(4, 8)))
+
+
+def test_candidate_configs_default_menu():
+    cfgs = lqlora.candidate_configs()
+    assert {c.bits for c in cfgs} == {2, 3, 4, 8}
+    assert {c.block_size for c in cfgs} == {16, 32, 64, 128, 256}
+    assert all(c.double_quant for c in cfgs) and len(cfgs) == 20
+
+
+def test_config_bits_known_values():
+    # 64x256 NF4, blocks 64, double quant: codes 4 bits; 256 blocks -> int8 absmax codes
+    # (8 bits / 64 weights), one fp32 second-level scale + one fp32 offset.
+    m, n = 64, 256
+    nblocks = m * n // 64
+    expect = (m * n * 4 + nblocks * 8 + 32 + 32) / (m * n)
+    assert lqlora.config_bits(lqlora.NFConfig(4, 64), m, n, 0) == pytest.approx(expect)
+    with_lr = lqlora.config_bits(lqlora.NFConfig(4, 64), m, n, 8)
+    assert with_lr - expect == pytest.approx(8 * (m + n) * 16 / (m * n))
+
+
+# --- ILP ---------------------------------------------------------------------------------
+
+def _brute_force(errors, bits, numels, budget):
+    share = np.asarray(numels, float) / np.sum(numels)
+    best = None
+    for combo in itertools.product(range(errors.shape[1]), repeat=errors.shape[0]):
+        b = sum(bits[i, j] * share[i] for i, j in enumerate(combo))
+        if b <= budget + 1e-12:
+            e = sum(errors[i, j] for i, j in enumerate(combo))
+            if best is None or e < best[0]:
+                best = (e, combo)
+    return best
+
+
+def test_ilp_matches_brute_force_optimum():
+    rng = np.random.default_rng(0)
+    bits = np.array([[2.2, 3.1, 4.3, 8.2]] * 4) + rng.uniform(0, 0.2, (4, 4))
+    errors = np.sort(rng.uniform(0.01, 1.0, (4, 4)), axis=1)[:, ::-1].copy()
+    numels = [100, 300, 50, 200]
+    for budget in (2.5, 3.0, 3.6, 5.0):
+        choice, info = lqlora.ilp_allocate(errors, bits, numels, budget)
+        e_bf, _ = _brute_force(errors, bits, numels, budget)
+        assert info["objective"] == pytest.approx(e_bf, rel=1e-9)
+        assert info["achieved_bits"] <= budget
+
+
+def test_ilp_infeasible_budget_is_user_error():
+    bits = np.array([[2.5, 4.5], [2.6, 4.6]])
+    with pytest.raises(UserError, match="below the smallest configuration 2.55"):
+        lqlora.ilp_allocate(np.ones((2, 2)), bits, [10, 10], 2.0)
+
+
+def test_ilp_beats_best_uniform_on_heterogeneous_matrices():
+    """Real decompositions of different matrices: ILP ≤ budget and < best fitting uniform."""
+    rank = 4
+    mats = [_heavy_tailed(32, 64, 10), _lowrank_plus_noise(32, 64, 2, 0.01, 11),
+            torch.randn(64, 64, generator=_gen(12)), _heavy_tailed(64, 32, 13)]
+    cfgs = lqlora.candidate_configs((2, 3, 4), (32, 64))
+    numels = [w.numel() for w in mats]
+    total = sum(numels)
+    errors = np.zeros((len(mats), len(cfgs)))
+    bits = np.zeros_like(errors)
+    for i, w in enumerate(mats):
+        for j, c in enumerate(cfgs):
+            info = lqlora.lq_decompose(w, rank, lqlora.nf_quantizer(c), max_iters=3)[3]
+            errors[i, j] = info["error"] * w.numel() / total
+            bits[i, j] = lqlora.config_bits(c, *w.shape, rank)
+    share = np.asarray(numels) / total
+    uniform_bits = (bits * share[:, None]).sum(0)
+    uniform_err = errors.sum(0)
+    budget = 0.5 * (np.sort(uniform_bits)[2] + np.sort(uniform_bits)[3])  # between configs
+    choice, info = lqlora.ilp_allocate(errors, bits, numels, budget)
+    achieved = float(sum(bits[i, j] * share[i] for i, j in enumerate(choice)))
+    assert achieved <= budget and achieved == pytest.approx(info["achieved_bits"])
+    fits = uniform_bits <= budget
+    best_uniform = uniform_err[fits].min()
+    ilp_err = float(sum(errors[i, j] for i, j in enumerate(choice)))
+    assert ilp_err < best_uniform * 0.99
+    assert info["fallback"] is None
+    assert len(set(choice)) > 1  # genuinely mixed
+
+
+# --- the lqlora method -------------------------------------------------------------------
+
+def _target(name: str, w: torch.Tensor, plan: dict, fisher: torch.Tensor | None = None):
+    from compressor.methods.base import LinearStats, Target
+    return Target(name=name, layer_index=0, kind=name, weight=w, bias=None,
+                  stats=LinearStats(ntokens=16, fisher=fisher), generator=_gen(5),
+                  dtype=torch.float16, plan=plan)
+
+
+def test_method_plan_and_compress_meet_the_budget():
+    from compressor.methods import get_method
+    method = get_method("lqlora")()
+    weights = {"a": _heavy_tailed(32, 64, 20), "b": _lowrank_plus_noise(64, 64, 2, 0.01, 21),
+               "c": torch.randn(64, 32, generator=_gen(22))}
+    cfg = method.Config(bits=4.25, rank=2, nf_bits=[2, 3, 4], block_sizes=[32, 64],
+                        plan_iters=2, max_iters=5)
+    plan = method.plan(weights, cfg)
+    assert set(plan) == set(weights)
+    stored_bits = 0.0
+    for name, w in weights.items():
+        out = method.compress(_target(name, w, plan[name]), cfg)
+        parts = out.module.parts
+        assert [p.type_name for p in parts] == ["nf", "lowrank"]
+        assert parts[0].bits == plan[name]["nf_bits"] == out.info["nf_bits"]
+        # One source of truth: the planned cost is what the module stores.
+        assert out.info["bits_per_weight"] == pytest.approx(plan[name]["planned_bits"])
+        stored_bits += 8 * sum(p.stored_bytes() for p in parts)
+        assert torch.isfinite(out.module.dense_weight()).all()
+        assert out.info["error"] <= plan[name]["planned_error"] * 1.05
+    total = sum(w.numel() for w in weights.values())
+    assert stored_bits / total <= 4.25
+    assert stored_bits / total == pytest.approx(plan["a"]["ilp_achieved_bits"])
+
+
+def test_method_fixed_config_and_needs():
+    from compressor.methods import get_method
+    cls = get_method("lqlora")
+    method = cls()
+    w = _lowrank_plus_noise(32, 48, 2, 0.2, 30)
+    cfg = method.Config(bits=4, mixed=False, block_size=32, rank=4)
+    assert method.plan({"x": w}, cfg) == {}
+    out = method.compress(_target("x", w, {}), cfg)
+    assert out.info["nf_bits"] == 4 and out.info["block_size"] == 32
+    assert cls.needs_for(cfg) == frozenset()
+    fcfg = method.Config(bits=4, mixed=False, rank=4, fisher_weighted=True)
+    assert cls.needs_for(fcfg) == frozenset({"fisher"})
+    fisher = torch.rand(32, 48, generator=_gen(31))
+    out_f = method.compress(_target("x", w, {}, fisher=fisher), fcfg)
+    assert out_f.info["fisher_weighted"] is True
+    with pytest.raises(ValueError, match="fisher"):
+        method.compress(_target("x", w, {}), fcfg)
+    with pytest.raises(ValueError):
+        method.Config(bits=2.75, mixed=False)       # a fixed config needs an integer width
+    with pytest.raises(UserError, match="raise --bits"):
+        method.plan({"x": w}, method.Config(bits=1.0, rank=4, nf_bits=[2], block_sizes=[64]))
