@@ -24,7 +24,7 @@ from .progress import NullProgress, ProgressSink
 from .recipe import Recipe, dump_recipe
 from .report import write_report
 from .resume import LayerCheckpoints, fingerprint, resume_dir_for
-from .runtime import StageTimer, machine, peak_memory, resolve_device, versions
+from .runtime import StageTimer, machine, peak_memory, versions
 from .stages import build_stage, stage_needs
 
 log = logging.getLogger("svdc")
@@ -41,7 +41,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
              progress: ProgressSink | None = None, command: str = "",
              keep_model: bool = False) -> CompressResult:
     from .data import calibration_windows
-    from .models import decoder_layers, linear_kind, load_model, target_linears
+    from .models import decoder_layers, linear_kind, load_model, resolve_device, target_linears
 
     progress = progress or NullProgress()
     if not recipe.model:
@@ -61,7 +61,8 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
                         f"(e.g. --base gptq, or a gptq stage first in the recipe)")
 
     with timer("load"):
-        model, tokenizer, minfo = load_model(recipe.model, dtype=recipe.dtype, device="cpu")
+        model, tokenizer, minfo = load_model(recipe.model, dtype=recipe.dtype, device="cpu",
+                                             compute_device=device)
     minfo_d = minfo if isinstance(minfo, dict) else vars(minfo)
     layers_path, layers = decoder_layers(model)
     inc, exc = recipe.targets.include, recipe.targets.exclude

@@ -85,7 +85,9 @@ def save_compressed(model: nn.Module, tokenizer: Any, folder: Path,
     cfg = model.config.to_dict()
     cfg["compression_config"] = compression_config(model, {"tied_aliases": aliases, **(extra_config or {})})
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
-    files = write_weights(folder, tensors, {"format": "pt", "producer": FORMAT})
+    # one metadata key only: safetensors writes its metadata map in hash order, so two keys
+    # would make identical runs differ byte-wise
+    files = write_weights(folder, tensors, {"format": "pt"})
     gen_cfg = getattr(model, "generation_config", None)
     if gen_cfg is not None:
         gen_cfg.save_pretrained(folder)

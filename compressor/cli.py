@@ -170,7 +170,7 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
              as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout")) -> None:
     """Perplexity with the GPTQ protocol (non-overlapping windows, no special tokens)."""
     from .evaluate import evaluate
-    from .runtime import resolve_device
+    from .models import resolve_device
     dev = resolve_device(device)
     model_obj, tok = load_any(model, dtype)
     model_obj.to(dev)

@@ -99,7 +99,7 @@ def _load_builtin(split: str) -> tuple[list[str], dict]:
                         f"repository; rebuild it with `python scripts/build_calib_data.py`, or "
                         f"use --calib wikitext2|c4|PATH.")
     docs = split_documents(_read_text(path))
-    meta = {"dataset": "builtin", "split": split, "source": str(path),
+    meta = {"dataset": "builtin", "split": split, "source": f"calib_data/{path.name}",
             "revision": "sha256:" + _sha256_file(path)}
     return docs, meta
 

@@ -513,8 +513,13 @@ def resolve_dtype(dtype: str | torch.dtype, config: Any, device: torch.device) -
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu",
-               cache_dir: str | Path | None = None) -> tuple[nn.Module, Any, ModelInfo]:
-    """Resolve MODEL and load it with transformers; returns (model, tokenizer, ModelInfo)."""
+               cache_dir: str | Path | None = None,
+               compute_device: str | torch.device | None = None) -> tuple[nn.Module, Any, ModelInfo]:
+    """Resolve MODEL and load it with transformers; returns (model, tokenizer, ModelInfo).
+
+    ``compute_device`` (default: ``device``) decides what dtype "auto" means: a model kept
+    on the CPU but compressed on a GPU loads in its own half precision, not float32.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     res = resolve_model(spec, cache_dir=cache_dir)
     dev = resolve_device(device)
@@ -523,7 +528,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
         config = AutoConfig.from_pretrained(res.path, **kw)
     except (ValueError, KeyError, OSError) as e:
         raise UserError(f"cannot read the model config in '{res.path}': {_first_line(e)}") from e
-    torch_dtype = resolve_dtype(dtype, config, dev)
+    torch_dtype = resolve_dtype(dtype, config, resolve_device(compute_device) if compute_device else dev)
     try:
         tokenizer = AutoTokenizer.from_pretrained(res.path, **kw)
     except (ValueError, KeyError, OSError) as e:

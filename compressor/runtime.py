@@ -12,19 +12,6 @@ from typing import Iterator
 
 import torch
 
-from .errors import UserError
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {spec!r} requested but no CUDA GPU is visible; use --device cpu")
-    return dev
 
 
 class StageTimer:

@@ -21,6 +21,10 @@ DEFAULT_MAX_ELEMS = 1 << 25
 # A new atom whose squared distance to the span of the chosen ones is below this fraction
 # of its squared norm is linearly dependent: its slot is made inert (coefficient 0).
 DEPENDENT_TOL = 1e-10
+# |cos| between two atoms above which the later one is treated as a wasted duplicate.
+DUPLICATE_COS = 0.9
+# An atom carrying less than this fraction of the mean atom's coefficient energy is freed.
+LOW_ENERGY = 0.1
 
 
 def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
@@ -179,12 +183,16 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
     rel_errors: list[float] = []
     replaced = 0
     idx = coef = None
-    for _ in range(iters):
+    for it in range(iters):
         idx, coef = batch_omp(D, Y64, s, max_elems=max_elems)
         rel_errors.append(float(torch.linalg.vector_norm(
             residual_norms(D, Y64, idx, coef))) / ynorm)
-        D, coef, n_rep = _update_atoms(Y64, D, idx, coef, generator, power_iters)
-        replaced += n_rep
+        D, X, counts = _sweep_atoms(Y64, D, idx, coef, power_iters)
+        if it + 1 < iters:  # a replaced atom needs a later iteration to earn its place
+            free = _atoms_to_free(D, X)
+            if free:
+                D = _replace_atoms(Y64, D, X, idx, free, generator)
+                replaced += len(free)
 
     new_idx, new_coef = batch_omp(D, Y64, s, max_elems=max_elems)
     if idx is not None:
@@ -238,15 +246,14 @@ def _initial_dictionary(Y: torch.Tensor, k: int, generator: torch.Generator) -> 
     return _normalize_columns(torch.cat([U, cols], dim=1), generator).contiguous()
 
 
-def _update_atoms(Y: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor,
-                  generator: torch.Generator, power_iters: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One K-SVD dictionary sweep (Gauss-Seidel over atoms); supports stay fixed.
+def _sweep_atoms(Y: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor,
+                 power_iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One K-SVD dictionary sweep (Gauss-Seidel over the used atoms); supports stay fixed.
 
     For atom j with users ω, E_j = Y_ω − D X_ω + d_j x_jωᵀ is never formed: products
     with it use the dense codes of ω, so each atom costs O(d|ω| + k|ω| + dk).
+    Returns the new D, the dense codes X (N, k) and how many signals use each atom.
     """
-    d, N = Y.shape
     k = D.shape[1]
     s = idx.shape[1]
     D = D.clone()
@@ -256,39 +263,50 @@ def _update_atoms(Y: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, coef: tor
     counts = torch.bincount(flat, minlength=k)
     bounds = torch.cumsum(counts, 0).tolist()        # one host sync per sweep
     starts = [0] + bounds[:-1]
-    unused: list[int] = []
     for j in range(k):
         if bounds[j] == starts[j]:
-            unused.append(j)
             continue
         users = order[starts[j]:bounds[j]] // s       # distinct: OMP never repeats an atom
         Yw = Y[:, users]                               # (d, m)
         Xw = X[users]                                  # (m, k)
         dj = D[:, j]
         g_old = Xw[:, j]
-
-        def e_t(v: torch.Tensor) -> torch.Tensor:       # E_jᵀ v  (m,)
-            return Yw.mT @ v - Xw @ (D.mT @ v) + g_old * (dj @ v)
-
-        def e(u: torch.Tensor) -> torch.Tensor:         # E_j u   (d,)
-            return Yw @ u - D @ (Xw.mT @ u) + dj * (g_old @ u)
-
         atom = dj
-        g = e_t(atom)
+        g = Yw.mT @ atom - Xw @ (D.mT @ atom) + g_old * (dj @ atom)        # E_jᵀ d
         for _ in range(power_iters):
-            u = e(g)
+            u = Yw @ g - D @ (Xw.mT @ g) + dj * (g_old @ g)                 # E_j g
             nu = torch.linalg.vector_norm(u)
             atom = torch.where(nu > 0, u / nu.clamp_min(1e-300), atom)
-            g = e_t(atom)
+            g = Yw.mT @ atom - Xw @ (D.mT @ atom) + g_old * (dj @ atom)
         D[:, j] = atom
         X[users, j] = g
-    if unused:
-        err = residual_norms(D, Y, idx, X.gather(1, idx))
-        worst = torch.argsort(err, descending=True, stable=True)[:len(unused)]
-        R = Y[:, worst] - D @ X[worst].mT
-        if R.shape[1] < len(unused):    # fewer signals than unused atoms
-            R = torch.cat([R, R.new_zeros(d, len(unused) - R.shape[1])], dim=1)
-        # A residual at rounding level carries no direction: draw a seeded one instead.
-        floor = 1e-10 * float(torch.linalg.vector_norm(Y, dim=0).max())
-        D[:, unused] = _normalize_columns(R, generator, floor)
-    return D, X.gather(1, idx), len(unused)
+    return D, X, counts
+
+
+def _atoms_to_free(D: torch.Tensor, X: torch.Tensor) -> list[int]:
+    """Atoms that waste budget: unused or nearly unused ones (coefficient energy below
+    LOW_ENERGY x the mean atom's) and the later of two near-duplicates (K-SVD's "clear
+    dictionary" step). A stuck local minimum typically shows as one atom mixing two
+    directions while another serves a handful of signals."""
+    energy = (X * X).sum(dim=0)
+    cos = torch.triu((D.mT @ D).abs(), diagonal=1)
+    bad = (energy <= LOW_ENERGY * energy.mean()) | (cos > DUPLICATE_COS).any(dim=0)
+    return bad.nonzero()[:, 0].tolist()
+
+
+def _replace_atoms(Y: torch.Tensor, D: torch.Tensor, X: torch.Tensor, idx: torch.Tensor,
+                   free: list[int], generator: torch.Generator) -> torch.Tensor:
+    """Point the freed atoms at the normalized residuals of the worst-represented signals."""
+    d = Y.shape[0]
+    D = D.clone()
+    X = X.clone()
+    X[:, free] = 0.0
+    err = residual_norms(D, Y, idx, X.gather(1, idx))
+    worst = torch.argsort(err, descending=True, stable=True)[:len(free)]
+    R = Y[:, worst] - D @ X[worst].mT
+    if R.shape[1] < len(free):                       # fewer signals than atoms to replace
+        R = torch.cat([R, R.new_zeros(d, len(free) - R.shape[1])], dim=1)
+    # A residual at rounding level carries no direction: draw a seeded one instead.
+    floor = 1e-10 * float(torch.linalg.vector_norm(Y, dim=0).max())
+    D[:, free] = _normalize_columns(R, generator, floor)
+    return D

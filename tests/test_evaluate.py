@@ -100,7 +100,7 @@ def test_non_finite_loss_raises(tok):
 @pytest.fixture
 def txt_file(tmp_path):
     rng = random.Random(0)
-    docs = [" ".join(rng.choice(WORDS) for _ in range(80)) for _ in range(30)]
+    docs = [" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(30)]
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(docs), encoding="utf-8")
     return path

@@ -219,3 +219,26 @@ def test_allocation_welore_works_for_fwsvd():
 
 def test_uniform_plan_is_empty():
     assert REGISTRY["svd"]().plan(lr_and_random(), REGISTRY["svd"].Config()) == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["svd", "asvd", "whitened-svd", "fwsvd"])
+def test_methods_run_on_cuda(name):
+    dev = torch.device("cuda")
+    g = gen(12)
+    w = (torch.randn(M, 8, generator=g) @ torch.randn(8, N, generator=g)).to(dev)  # exact rank
+    cpu = calib_stats(w.cpu())
+    stats = LinearStats(ntokens=cpu.ntokens, gram=cpu.gram.to(dev),
+                        act_absmean=cpu.act_absmean.to(dev),
+                        fisher=torch.rand(M, N, generator=gen(13)).to(dev))
+    target = Target(name="cuda.layer", layer_index=0, kind="layer", weight=w, bias=None,
+                    stats=stats, generator=torch.Generator(device=dev).manual_seed(0),
+                    dtype=torch.bfloat16, plan={})
+    out = run(name, target, rank=8, svd_method="randomized")
+    part = out.module.parts[0]
+    assert part.A.device.type == "cuda" and part.A.dtype == torch.bfloat16
+    assert torch.isfinite(out.module.dense_weight()).all()
+    ref = run(name, make_target(w.cpu(), stats=cpu if name != "fwsvd" else
+                                LinearStats(fisher=stats.fisher.cpu())), rank=8)
+    assert torch.allclose(out.module.dense_weight().cpu(), ref.module.dense_weight(),
+                          atol=0.05 * float(w.abs().max()))  # bf16 factors

@@ -114,11 +114,15 @@ def test_sparse_part_empty_and_wide() -> None:
     assert wide.col.dtype == torch.int32
 
 
-def test_sparse_forward_does_not_materialize_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sparse_cpu_forward_does_not_materialize_dense(monkeypatch: pytest.MonkeyPatch) -> None:
     part = SparsePart.from_dense(_randn(8, 12), torch.rand(8, 12, generator=_gen(3)) < 0.3,
                                  torch.float32)
-    monkeypatch.setattr(SparsePart, "dense", lambda self: (_ for _ in ()).throw(AssertionError))
-    part(_randn(5, 12))
+    expect = _randn(5, 12) @ part.dense().T
+
+    def boom(self, dtype):
+        raise AssertionError("dense weight built on CPU")
+    monkeypatch.setattr(SparsePart, "_scatter", boom)
+    assert torch.allclose(part(_randn(5, 12)), expect, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- methods

@@ -91,7 +91,7 @@ class LowRankMethod(Method):
             base["welore"] = target.plan["welore"]
         rank = self.target_rank(target, cfg)
         if rank is None:
-            part = DensePart(target.weight.detach().to(target.dtype))
+            part = DensePart(target.weight.detach().to(target.dtype, copy=True))
             return Compressed(CompressedLinear(m, n, [part], target.bias),
                               {**base, "rank": None, "kept_params": part.stored_numel()})
         A, B, info = self.factorize(target, cfg, rank)
