@@ -139,7 +139,8 @@ def _gradients(recipe, model, windows, target_names, want, device, progress):
             raise UserError(f"{g.fisher_file} lacks {missing}; delete it or point --fisher-file elsewhere to recompute")
         return stats, {"loaded_from": g.fisher_file, **meta}
     n = min(g.nsamples or windows.shape[0], windows.shape[0])
-    stats, info = gradient_stats(model, windows[:n], target_names, set(want), device, progress=progress)
+    stats, info = gradient_stats(model, windows[:n], target_names, set(want), device,
+                                 progress=_progress_fn(progress, "gradients"))
     model.to("cpu")
     if g.fisher_file:
         save_gradient_stats(g.fisher_file, stats, {"model": str(recipe.model), "nsamples": n,

