@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
             grad_stats, grad_info = _gradients(recipe, model, windows, target_names, want, device, progress)
 
     with timer("plan"):
-        weights = {n: model.get_submodule(n).weight for n in target_names}
+        weights = DeviceWeights({n: model.get_submodule(n).weight for n in target_names}, device)
         fisher = ({n: g["fisher"] for n, g in grad_stats.items() if "fisher" in g}
                   if grad_stats else None)
         for st in stages:
@@ -126,6 +127,23 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         write_report(report, tmp)
     ckpt.remove()
     return CompressResult(output=output, report=report, model=model if keep_model else None)
+
+
+class DeviceWeights(Mapping):
+    """Target weights for a global plan() pass, each handed out as float32 on the compute
+    device when asked for (one at a time, so a 7B model never sits on the GPU twice)."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], device: torch.device):
+        self._w, self._device = weights, device
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._w[name].detach().to(device=self._device, dtype=torch.float32)
+
+    def __iter__(self):
+        return iter(self._w)
+
+    def __len__(self) -> int:
+        return len(self._w)
 
 
 def _gradients(recipe, model, windows, target_names, want, device, progress):

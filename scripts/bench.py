@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"wall={row.get('wall_seconds', 0):.0f}s {row.get('error') or ''}", flush=True)
     from bench_report import write_markdown
     md = Path(args.md) if args.md else args.out.resolve().parent / "BENCHMARKS.md"
-    write_markdown(matrix, load_results(results_path), args.out, md, args.matrix)
+    write_markdown(matrix, load_results(results_path), args.out, md, rel(Path(args.matrix)))
     print(f"[bench] wrote {md} and {results_path}", flush=True)
     return 0
 

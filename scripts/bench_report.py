@@ -175,7 +175,8 @@ def _comparisons(matrix: dict[str, Any], rows: dict[str, dict[str, Any]]) -> tup
             mb = budget_value(m or {})[1]
             bb = " / ".join(_f(budget_value(b or {})[1]) for b in bs)
             bppl = " / ".join(_f((b or {}).get("ppl"), 2) for b in bs)
-            budget = (m or {}).get("budget") or next((b.get("budget") for b in bs if b), "")
+            declared = {r["id"]: r for r in matrix["rows"]}
+            budget = declared[p["method"]].get("budget") or ""
             lines.append(f"| {p['method']} | {', '.join(p['baselines'])} | {budget} | {_f(mb)} | {bb} | "
                          f"{_f((m or {}).get('ppl'), 2)} | {bppl} | {v} |")
             if v.startswith("**no**") or v.startswith("n/a"):

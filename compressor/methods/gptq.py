@@ -9,15 +9,13 @@ from ..errors import UserError
 from ..modules.base import CompressedLinear
 from ..modules.quantized import UniformQuantPart
 from . import register
-from .base import Compressed, Method, MethodConfig, Target
+from .base import Compressed, Method, Target
+from .rtn import RTNConfig
 
 
-class GPTQConfig(MethodConfig):
-    bits: int = Field(4, ge=2, le=8, description="bits per weight code (2..8)")
-    group_size: int = Field(128, description="input columns sharing one scale/zero; "
-                                             "-1 = one group per row; a ragged last group is fine")
-    sym: bool = Field(False, description="symmetric grid (no stored zero points) instead of "
-                                         "asymmetric min/max")
+class GPTQConfig(RTNConfig):
+    """RTN's grid options plus GPTQ's own."""
+
     percdamp: float = Field(0.01, gt=0, description="Hessian damping as a fraction of its mean "
                                                     "diagonal (raised 10x on Cholesky failure)")
     blocksize: int = Field(128, ge=1, description="columns per lazy-update block (speed only)")

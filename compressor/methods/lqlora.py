@@ -92,10 +92,20 @@ class LQLoRA(Method):
         numels = [weights[nm].numel() for nm in names]
         total = float(sum(numels))
         bits_cache: dict[tuple[int, int], list[float]] = {}
-        errors, bits = [], []
+        bits = []
+        for name in names:
+            shape = tuple(weights[name].shape)
+            if shape not in bits_cache:
+                bits_cache[shape] = [lqlora.config_bits(c, shape[0], shape[1], cfg.rank) for c in configs]
+            bits.append(bits_cache[shape])
+        # Cheap feasibility check before the expensive sweep of decompositions.
+        floor = sum(min(b) * k for b, k in zip(bits, numels)) / total
+        if floor > cfg.bits:
+            raise UserError(f"the budget {cfg.bits} bits/weight is below the smallest configuration "
+                            f"{floor:.3f} (rank {cfg.rank} included); raise --bits or lower --rank")
+        errors = []
         for name, numel in zip(names, numels):
             w = weights[name]
-            m, n = w.shape
             rw = cw = None
             if cfg.fisher_weighted:
                 rw, cw = _fisher_weights(None if fisher is None else fisher.get(name), name)
@@ -108,9 +118,6 @@ class LQLoRA(Method):
             # Relative errors are scale-free; weighting by the matrix's share of the
             # parameters makes the sum the mean relative error per weight.
             errors.append([e * numel / total for e in row])
-            if (m, n) not in bits_cache:
-                bits_cache[(m, n)] = [lqlora.config_bits(c, m, n, cfg.rank) for c in configs]
-            bits.append(bits_cache[(m, n)])
         choice, info = lqlora.ilp_allocate(errors, bits, numels, cfg.bits)
         out = {}
         for i, (name, j) in enumerate(zip(names, choice)):
