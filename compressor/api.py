@@ -147,22 +147,28 @@ class DeviceWeights(Mapping):
 
 
 def _gradients(recipe, model, windows, target_names, want, device, progress):
-    from .gradients import gradient_stats, load_gradient_stats, save_gradient_stats
+    """Fisher / |grad| of the targets: loaded from --fisher-file when it matches, else computed
+    (and saved there). The file is keyed by the windows and target shapes it was made from."""
+    from .gradients import gradient_fingerprint, gradient_stats, load_gradient_stats, save_gradient_stats
 
     g = recipe.gradients
+    n = min(g.nsamples or windows.shape[0], windows.shape[0])
+    shapes = {name: tuple(model.get_submodule(name).weight.shape) for name in target_names}
+    fp = gradient_fingerprint(windows[:n], shapes)
     if g.fisher_file and Path(g.fisher_file).is_file():
-        stats, meta = load_gradient_stats(g.fisher_file, expected_names=target_names)
-        missing = [w for w in want if not all(w in stats[n] for n in target_names)]
+        stats, meta = load_gradient_stats(g.fisher_file, expected_names=shapes,
+                                          expected_meta={"fingerprint": fp})
+        missing = [w for w in want if not all(w in stats[name] for name in target_names)]
         if missing:
             raise UserError(f"{g.fisher_file} lacks {missing}; delete it or point --fisher-file elsewhere to recompute")
         return stats, {"loaded_from": g.fisher_file, **meta}
-    n = min(g.nsamples or windows.shape[0], windows.shape[0])
     stats, info = gradient_stats(model, windows[:n], target_names, set(want), device,
                                  progress=_progress_fn(progress, "gradients"))
     model.to("cpu")
     if g.fisher_file:
         save_gradient_stats(g.fisher_file, stats, {"model": str(recipe.model), "nsamples": n,
-                                                   "seqlen": int(windows.shape[1]), "seed": recipe.calibration.seed})
+                                                   "seqlen": int(windows.shape[1]),
+                                                   "seed": recipe.calibration.seed, "fingerprint": fp})
         info = {**info, "saved_to": g.fisher_file}
     return stats, info
 

@@ -158,9 +158,12 @@ def sequential_compress(
         targets = targets_of(layer)
         prefix = f"{layers_path}.{i}."
         done = resume.load_layer(i, layer, device) if resume is not None else None
+        note = f"layer {i + 1}/{n_layers}"
         if done is not None:
             records.extend(done)
+            progress.advance("layers", 0, f"{note} resumed")
         else:
+            progress.advance("layers", 0, f"{note} calibrate")
             t = time.perf_counter()
             with LayerStatsCollector(targets, want_gram, want_absmean) as collector:
                 for x in hidden:
@@ -168,6 +171,7 @@ def sequential_compress(
                     run_layer(layer, x.to(device), kw)
             layer_stats = collector.stats()
             times["calibrate"] += time.perf_counter() - t
+            progress.advance("layers", 0, f"{note} compress")
             t = time.perf_counter()
             layer_records = []
             for rel, linear in targets.items():
@@ -189,13 +193,14 @@ def sequential_compress(
             if resume is not None:
                 resume.save_layer(i, layer, layer_records, [rel for rel in targets])
             records.extend(layer_records)
+        progress.advance("layers", 0, f"{note} propagate")
         t = time.perf_counter()
         hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
         times["propagate"] += time.perf_counter() - t
         layer.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        progress.advance("layers", 1, f"layer {i + 1}/{n_layers}")
+        progress.advance("layers", 1, note)
     progress.finish("layers")
     model.to("cpu")
     model.train(model_was_training)
@@ -206,8 +211,17 @@ def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device=device, dtype=torch.float32)
 
 
+_NOTEWORTHY = ("retries", "damp_retries", "eig_floored", "eig_floor_count", "floored", "dead_columns",
+               "dead_channels", "fisher_floored", "weight_floored", "floored_channels")
+
+
 def _log_numerics(rec: ModuleRecord) -> None:
+    """Log what departed from the textbook path (damping retries, floors, dead channels).
+
+    The routine damping every module gets is in the report, not the log.
+    """
     for k, v in rec.info.items():
-        base = k.rsplit(".", 1)[-1]
-        if base in ("damp", "retries", "eig_floored", "floored", "dead_columns") and v:
+        if k.rsplit(".", 1)[-1] in _NOTEWORTHY and v:
             log.info("%s: %s = %s", rec.name, k, v)
+        elif k.rsplit(".", 1)[-1] == "damp":
+            log.debug("%s: %s = %s", rec.name, k, v)

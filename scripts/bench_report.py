@@ -41,8 +41,6 @@ def series_name(row: dict[str, Any]) -> str:
             n = "svd-comp"
         if s.get("outlier_score") == "magnitude":
             n = "magnitude-outliers"
-        if s["method"] in ("gptq", "rtn") and s.get("bits"):
-            n = f"{n}-w{s['bits']}"
         names.append(n)
     return "+".join(names) or row.get("family", "?")
 
@@ -113,6 +111,9 @@ def make_plots(rows: list[dict[str, Any]], dense_ppl: float | None, out_dir: Pat
         for name, xy in sorted(groups.items()):
             xy.sort()
             ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
+        for r in pts:
+            ax.annotate(r["id"], (budget_value(r)[1], r["ppl"]), fontsize=6, alpha=0.7,
+                        xytext=(3, 3), textcoords="offset points")
         if dense_ppl:
             ax.axhline(dense_ppl, color="k", ls="--", lw=1, label=f"dense ({dense_ppl:.2f})")
         ax.set_yscale("log")
