@@ -90,8 +90,9 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         weights = DeviceWeights({n: model.get_submodule(n).weight for n in target_names}, device)
         fisher = ({n: g["fisher"] for n, g in grad_stats.items() if "fisher" in g}
                   if grad_stats else None)
+        storage_dtype = next(model.parameters()).dtype
         for st in stages:
-            st.plan = st.method.plan(weights, st.cfg, fisher) or {}
+            st.plan = st.method.plan(weights, st.cfg, fisher, dtype=storage_dtype) or {}
 
     recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}), sort_keys=True)
     ckpt = LayerCheckpoints(resume_dir_for(output),

@@ -34,6 +34,7 @@ from torch import nn
 from .errors import UserError
 
 GRAD_STATS = frozenset({"fisher", "grad_absmean"})
+FP16_LOSS_SCALE = 2.0 ** 14  # keeps ~1e-8 gradients in fp16's normal range, ~1e-2 far from 65504
 FORMAT = "svdc-gradient-stats/1"
 
 Stats = dict[str, dict[str, torch.Tensor]]
@@ -80,14 +81,18 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, target_names: list[s
             torch.cuda.reset_peak_memory_stats(run_device)
         stack.enter_context(_only_targets_trainable(model, [p for p, _ in by_param.values()]))
         checkpointing = stack.enter_context(_checkpointing_eval(model))
-        buffers, counts = _install_hooks(stack, by_param.values(), want)
+        # fp16 cannot hold a 7B model's per-sample gradients (~1e-8 < 6e-8, its smallest
+        # subnormal): scale the loss as mixed-precision training does, unscale in fp32.
+        half = any(p.dtype == torch.float16 for p, _ in by_param.values())
+        loss_scale = FP16_LOSS_SCALE if half else 1.0
+        buffers, counts = _install_hooks(stack, by_param.values(), want, loss_scale)
         bad = torch.zeros((), dtype=torch.bool, device=run_device)
         ids_all = windows.to(run_device)
         for i in range(n):
             ids = ids_all[i:i + 1]
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             bad |= ~torch.isfinite(loss.detach())
-            loss.backward()
+            (loss * loss_scale).backward()
             if progress is not None:
                 progress(i + 1, n)
         if run_device.type == "cuda":
@@ -253,7 +258,7 @@ def _restore_attr(obj: Any, name: str, value: Any) -> None:
 
 def _install_hooks(stack: contextlib.ExitStack,
                    entries: Iterable[tuple[nn.Parameter, list[str]]], want: set[str],
-                   ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, list[int]]]:
+                   loss_scale: float = 1.0) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, list[int]]]:
     """fp32 accumulators per target weight, fed by post-accumulate-grad hooks that drop .grad."""
     buffers: dict[int, dict[str, torch.Tensor]] = {}
     counts: dict[int, list[int]] = {}
@@ -261,14 +266,17 @@ def _install_hooks(stack: contextlib.ExitStack,
         bufs = {s: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for s in want}
         buffers[id(p)] = bufs
         counts[id(p)] = [0]
-        handle = p.register_post_accumulate_grad_hook(_accumulator(bufs, counts[id(p)]))
+        handle = p.register_post_accumulate_grad_hook(_accumulator(bufs, counts[id(p)], loss_scale))
         stack.callback(handle.remove)
     return buffers, counts
 
 
-def _accumulator(bufs: dict[str, torch.Tensor], count: list[int]) -> Callable[[torch.Tensor], None]:
+def _accumulator(bufs: dict[str, torch.Tensor], count: list[int],
+                 loss_scale: float = 1.0) -> Callable[[torch.Tensor], None]:
     def hook(p: torch.Tensor) -> None:
         g = p.grad.float()
+        if loss_scale != 1.0:
+            g = g / loss_scale
         if "fisher" in bufs:
             bufs["fisher"].addcmul_(g, g)
         if "grad_absmean" in bufs:

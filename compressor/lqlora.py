@@ -16,6 +16,8 @@ Three pure pieces:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -49,10 +51,12 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
 
     ``quantizer(x) -> (dequantized x, q object)``. ``row_weight`` (out,) / ``col_weight``
     (in,) are the √Fisher weights of the weighted variant (raised to a small positive floor
-    so the weighting can be undone). The sequence starts from Q = quantize(W) (whose error is
-    the quantization-only error) and alternates; a step whose error rises ends the loop.
-    info: iterations, errors (relative weighted squared error after each full step; the first
-    entry is quantization only), error (best, relative), weight_floored.
+    so the weighting can be undone). As in the paper, the sequence starts from Q⁽⁰⁾ = 0
+    (L = SVD_r(W) first, then Q = quantize(W − L)) and alternates; a step whose error rises
+    ends the loop. Quantization alone (Q = quantize(W), L = 0) is kept as a candidate, so the
+    result is never worse than it (and it is the whole answer at rank 0).
+    info: iterations, errors (relative weighted squared error: quantization only, then after
+    each full step), error (best, relative), abs_error (best, weighted squared), weight_floored.
     """
     m, n = w.shape
     if not 0 <= rank <= min(m, n):
@@ -84,14 +88,16 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
     best_err = _weighted_sq(w - deq, r, c)
     best = (q, a, b)
     errors = [best_err / ref]
-    prev = best_err
+    deq = torch.zeros_like(w)                         # the paper's start: Q(0) = 0
+    prev = math.inf
     iters = 0
     for iters in range(1, (max_iters if rank > 0 else 0) + 1):
         a, b = lowrank(w - deq)
         low = b @ a
-        half = _weighted_sq(w - deq - low, r, c)     # (old Q, new L): never worse than Q alone
-        if half < best_err:
-            best_err, best = half, (q, a, b)
+        if iters > 1:
+            half = _weighted_sq(w - deq - low, r, c)  # (old Q, new L)
+            if half < best_err:
+                best_err, best = half, (q, a, b)
         deq, q = quantizer(w - low)
         err = _weighted_sq(w - deq - low, r, c)
         errors.append(err / ref)
@@ -101,7 +107,7 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
             break
         prev = err
     info = {"iterations": iters, "errors": [float(f"{e:.6g}") for e in errors],
-            "error": best_err / ref, "weight_floored": floored}
+            "error": best_err / ref, "abs_error": best_err, "weight_floored": floored}
     return best[0], best[1], best[2], info
 
 
@@ -168,7 +174,8 @@ def _nf_spec(cfg: NFConfig, m: int, n: int) -> dict[str, Any]:
 
 def config_bits(cfg: NFConfig, m: int, n: int, rank: int,
                 lowrank_dtype: torch.dtype = torch.float16) -> float:
-    """Bits per weight of Q (codes + absmax + double-quant) plus 16-bit factors of rank r."""
+    """Bits per weight of Q (codes + absmax + double-quant) plus the rank-r factors stored in
+    ``lowrank_dtype`` (the model's storage dtype: 16 bit for half-precision checkpoints)."""
     from .modules.lowrank import LowRankPart
     nbytes = _nf_part_bytes(cfg, m, n)
     if rank > 0:

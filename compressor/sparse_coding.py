@@ -21,6 +21,7 @@ DEFAULT_MAX_ELEMS = 1 << 25
 # A new atom whose squared distance to the span of the chosen ones is below this fraction
 # of its squared norm is linearly dependent: its slot is made inert (coefficient 0).
 DEPENDENT_TOL = 1e-10
+DEPENDENT_TOL_FP32 = 1e-4
 # |cos| between two atoms above which the later one is treated as a wasted duplicate.
 DUPLICATE_COS = 0.99
 
@@ -30,13 +31,13 @@ def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
     """s-sparse codes of every column of Y over the unit-norm atoms of D, all at once.
 
     Greedy: each of the s steps picks, per signal, the atom most correlated with the
-    residual (never one already chosen), then refits least-squares coefficients on the
-    whole support. The residual is never formed: correlations are ``Dᵀy − G x`` with
-    G = DᵀD, and the support's Gram is factored progressively (one Cholesky row per step).
-    Signals are processed in chunks of at most ``max_elems`` working elements.
+    residual (never one already chosen); the coefficients are the least-squares fit on
+    the chosen support. The residual is never formed: the correlations live in atom space
+    (G = DᵀD), see ``_omp_select``. Selection runs in float32 (it only ranks atoms); the
+    returned coefficients are solved in float64. Signals are processed in chunks of at
+    most ``max_elems`` working elements.
 
-    Returns idx (N, s) int64 and coef (N, s) in float64. A signal that is already exact
-    with fewer atoms gets coefficient 0 on the extra (linearly dependent) slots.
+    Returns idx (N, s) int64 and coef (N, s) float64.
     """
     if D.ndim != 2 or Y.ndim != 2 or D.shape[0] != Y.shape[0]:
         raise ValueError(f"D (d, k) and Y (d, N) must share d: got {tuple(D.shape)}, "
@@ -46,56 +47,93 @@ def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
         raise ValueError(f"sparsity s={s} must be in 1..{k} (the number of atoms)")
     D64 = D.detach().to(torch.float64)
     G = D64.mT @ D64
-    per_signal = s * s + 5 * k + 4 * s
-    chunk = max(1, min(N, max_elems // per_signal))
+    G32 = G.to(torch.float32)
+    chunk = _chunk_size(N, s, k, max_elems)
     idx_out = torch.empty(N, s, dtype=torch.long, device=D.device)
     coef_out = torch.empty(N, s, dtype=torch.float64, device=D.device)
     for start in range(0, N, chunk):
         stop = min(N, start + chunk)
-        A = (Y[:, start:stop].detach().to(torch.float64).mT @ D64)  # (n, k) = (Dᵀy)ᵀ
-        idx_out[start:stop], coef_out[start:stop] = _omp_chunk(G, A, s)
+        A = Y[:, start:stop].detach().to(torch.float64).mT @ D64    # (n, k) = (Dᵀy)ᵀ
+        idx = _omp_select(G32, A.to(torch.float32), s)
+        idx_out[start:stop] = idx
+        coef_out[start:stop] = _support_lstsq(G, A, idx)
     return idx_out, coef_out
 
 
-def _omp_chunk(G: torch.Tensor, A: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """OMP for n signals given G = DᵀD (k, k) and A = (DᵀY)ᵀ (n, k).
+def ls_on_support(D: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor, *,
+                  max_elems: int = DEFAULT_MAX_ELEMS) -> torch.Tensor:
+    """Least-squares coefficients (N, s) float64 of each column of Y on its fixed support."""
+    D64 = D.detach().to(torch.float64)
+    G = D64.mT @ D64
+    N, s = idx.shape
+    out = torch.empty(N, s, dtype=torch.float64, device=D.device)
+    chunk = _chunk_size(N, s, D.shape[1], max_elems)
+    for start in range(0, N, chunk):
+        A = Y[:, start:start + chunk].detach().to(torch.float64).mT @ D64
+        out[start:start + chunk] = _support_lstsq(G, A, idx[start:start + chunk])
+    return out
+
+
+def _chunk_size(N: int, s: int, k: int, max_elems: int) -> int:
+    return max(1, min(N, max_elems // (2 * s * s + 5 * k + 4 * s)))
+
+
+def _support_lstsq(G: torch.Tensor, A: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Solve G_S c = A_S per signal (float64 Cholesky). A support with dependent atoms
+    (chosen once a signal is already exact) is ridged by a relative 1e-10, which keeps the
+    fit and bounds the coefficients."""
+    Gs = G[idx[:, :, None], idx[:, None, :]]
+    b = A.gather(1, idx)[..., None]
+    scale = torch.diagonal(Gs, dim1=-2, dim2=-1).mean(dim=-1).clamp_min(1e-300)
+    eye = torch.eye(idx.shape[1], dtype=G.dtype, device=G.device)
+    ridge = 1e-10 * scale[:, None, None] * eye
+    L, info = torch.linalg.cholesky_ex(Gs + ridge)
+    if bool((info != 0).any()):        # rounding made a near-singular support indefinite
+        L, info = torch.linalg.cholesky_ex(Gs + 1e4 * ridge)
+    if bool((info != 0).any()):
+        return torch.linalg.lstsq(Gs, b).solution[..., 0]
+    return torch.cholesky_solve(b, L)[..., 0]
+
+
+def _omp_select(G: torch.Tensor, A: torch.Tensor, s: int) -> torch.Tensor:
+    """The OMP supports (n, s) for n signals, given G = DᵀD (k, k) and A = (DᵀY)ᵀ (n, k).
 
     Gram-Schmidt in coefficient space: M = L⁻¹ (inverse Cholesky factor of the support
     Gram) grows by one row a step, its rows being the orthonormalized atoms q_t = D_S M[t]ᵀ.
     With z = L⁻¹ b (entries fixed once computed), the residual correlations lose one term
-    a step, corr ← corr − (Dᵀq_t) z_t, and Dᵀq_t = G_S M[t]ᵀ is one GEMM. The
-    coefficients Mᵀz are formed once at the end: no triangular solves in the loop (batched
-    small solves are slow on CPU). The correlations only choose atoms, so that GEMM runs in
-    float32 (5x faster on CPU); coefficients come from float64 throughout.
+    a step, corr ← corr − (Dᵀq_t) z_t, and Dᵀq_t = G_S M[t]ᵀ is one GEMM: no triangular
+    solves (batched small solves are slow on CPU). Runs in the dtype of the inputs.
+    A new atom (numerically) in the span of the chosen ones gets an inert slot.
     """
     n, k = A.shape
-    dev = A.device
-    f64 = torch.float64
+    dev, dt = A.device, A.dtype
+    tol = DEPENDENT_TOL if dt == torch.float64 else DEPENDENT_TOL_FP32
     rows = torch.arange(n, device=dev)
     idx = torch.zeros(n, s, dtype=torch.long, device=dev)
-    live = torch.zeros(n, s, dtype=f64, device=dev)   # 1 = slot holds an independent atom
-    M = torch.zeros(n, s, s, dtype=f64, device=dev)   # L⁻¹ of the support Gram
-    z = torch.zeros(n, s, dtype=f64, device=dev)      # L⁻¹ b
+    live = torch.zeros(n, s, dtype=dt, device=dev)    # 1 = slot holds an independent atom
+    M = torch.zeros(n, s, s, dtype=dt, device=dev)    # L⁻¹ of the support Gram
+    z = torch.zeros(n, s, dtype=dt, device=dev)       # L⁻¹ b
     used = torch.zeros(n, k, dtype=torch.bool, device=dev)
-    Q = torch.zeros(n, k, dtype=torch.float32, device=dev)  # M[t] scattered onto the atoms
-    G32 = G.to(torch.float32)
+    Q = torch.zeros(n, k, dtype=dt, device=dev)       # M[t] scattered onto the atoms
     gdiag = torch.diagonal(G)
     corr = A.clone()
     for t in range(s):
         a = corr.abs().masked_fill_(used, -1.0).argmax(dim=1)
         idx[:, t] = a
+        if t + 1 == s:
+            break
         used[rows, a] = True
         gaa = gdiag[a]
         if t == 0:
-            w = torch.zeros(n, 0, dtype=f64, device=dev)
+            w = torch.zeros(n, 0, dtype=dt, device=dev)
             d2 = gaa
         else:
             g = G[idx[:, :t], a[:, None]] * live[:, :t]    # inert slots decoupled
             Mt = M[:, :t, :t]
             w = torch.bmm(Mt, g[:, :, None])[..., 0]        # L⁻¹ g: the new row of L
             d2 = gaa - (w * w).sum(dim=1)
-        ok = d2 > DEPENDENT_TOL * gaa.clamp_min(torch.finfo(f64).tiny)
-        okf = ok.to(f64)
+        ok = d2 > tol * gaa.clamp_min(torch.finfo(dt).tiny)
+        okf = ok.to(dt)
         delta = torch.where(ok, d2.clamp_min(0).sqrt(), torch.ones_like(d2))
         # New row of L⁻¹: [-(wᵀ L⁻¹)/δ, 1/δ]; an inert (dependent) slot gets [0, 1].
         if t > 0:
@@ -104,35 +142,10 @@ def _omp_chunk(G: torch.Tensor, A: torch.Tensor, s: int) -> tuple[torch.Tensor, 
         live[:, t] = okf
         zt = okf * (A[rows, a] - (w * z[:, :t]).sum(dim=1)) / delta
         z[:, t] = zt
-        if t + 1 < s:
-            Q.zero_()
-            Q.scatter_(1, idx[:, :t + 1], M[:, t, :t + 1].to(torch.float32))
-            corr -= (Q @ G32) * zt[:, None]
-    coef = torch.bmm(z[:, None, :], M)[:, 0, :]          # Mᵀ z = (L Lᵀ)⁻¹ b
-    return idx, coef
-
-
-def ls_on_support(D: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor, *,
-                  max_elems: int = DEFAULT_MAX_ELEMS) -> torch.Tensor:
-    """Least-squares coefficients (N, s) float64 of each column of Y on its fixed support.
-
-    Lets K-SVD's final codes be at least as good as the codes its last atom sweep left.
-    A singular support Gram is ridged by a relative 1e-10 (only dependent atoms need it).
-    """
-    D64 = D.detach().to(torch.float64)
-    G = D64.mT @ D64
-    N, s = idx.shape
-    eye = torch.eye(s, dtype=torch.float64, device=D.device)
-    out = torch.empty(N, s, dtype=torch.float64, device=D.device)
-    chunk = max(1, min(N, max_elems // (s * s + D.shape[1] + 2 * s)))
-    for start in range(0, N, chunk):
-        sl = idx[start:start + chunk]
-        A = Y[:, start:start + chunk].detach().to(torch.float64).mT @ D64   # (n, k)
-        Gs = G[sl[:, :, None], sl[:, None, :]]
-        scale = torch.diagonal(Gs, dim1=-2, dim2=-1).mean(dim=-1).clamp_min(1e-300)
-        Gs = Gs + (1e-10 * scale)[:, None, None] * eye
-        out[start:start + chunk] = torch.linalg.solve(Gs, A.gather(1, sl)[..., None])[..., 0]
-    return out
+        Q.zero_()
+        Q.scatter_(1, idx[:, :t + 1], M[:, t, :t + 1])
+        corr -= (Q @ G) * zt[:, None]
+    return idx
 
 
 def dense_codes(idx: torch.Tensor, coef: torch.Tensor, k: int) -> torch.Tensor:

@@ -249,6 +249,12 @@ def _peer(out_dir: Path) -> list[str]:
     inst = d.get("install", {})
     if inst.get("status") != "ok":
         lines += [f"**llmcompressor could not be installed here.** Error: `{inst.get('error')}`", ""]
+    for gs, att in (d.get("attempts") or {}).items():
+        lines += [f"Attempt at {gs}: llmcompressor {att.get('status')}"
+                  + (f" — by default it refuses: `{att['divisibility_error'][:160]}`; with "
+                     f"`bypass_divisibility_checks=True` it fails: `{att.get('error')}`" if att.get("divisibility_error")
+                     else (f": `{att.get('error')}`" if att.get("error") else "")) + ". svdc handles the ragged last "
+                  "group (576 = 4×128 + 64); the comparison below uses a group size that divides every dimension.", ""]
     lines += ["| tool / recipe | compress s (load, write, eval excluded) | process wall s | peak RSS | bytes on disk (targets / file) | ppl | status |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for name, m in d["models"].items():

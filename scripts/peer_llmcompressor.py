@@ -146,8 +146,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--matrix", default=str(ROOT / "scripts" / "bench_matrix.yaml"))
     p.add_argument("--bits", type=int, default=3)
-    p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--svdc-rows", nargs="*", default=["gptq-w3", "gptq-w3+eora-r32"])
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--svdc-rows", nargs="*", default=["gptq-w3-g64", "gptq-w3-g64+eora-r32"])
+    p.add_argument("--also-try-group-size", type=int, nargs="*", default=[128],
+                   help="first try llmcompressor at these group sizes and record whether it works")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--venv", default=str(ROOT / "bench_out" / "venvs" / "llmcompressor"))
     p.add_argument("--work", default=str(ROOT / "bench_out" / "peer"))
@@ -203,9 +205,20 @@ def main() -> int:
                       work / f"svdc-{rid}.log", work / f"{rid}.json")
         m.update(kind="svdc", row=rid)
         models[f"svdc {rid}"] = m
+    env = {**os.environ, "PYTHONPATH": ""}
+    result["attempts"] = {}
+    for gs in (a.also_try_group_size if result["install"]["status"] == "ok" else []):
+        print(f"[peer] llmcompressor GPTQ at group size {gs} (attempt) ...", flush=True)
+        t = work / f"llmc-g{gs}"
+        m = run_child([str(venv / "bin" / "python"), str(ROOT / "scripts" / "peer_llmc_worker.py"),
+                       "--model", folder, "--windows", str(work / "calib_windows.safetensors"),
+                       "--bits", str(a.bits), "--group-size", str(gs), "--dense-out", str(t) + "-dense",
+                       "--compressed-out", str(t) + "-compressed", "--json", str(t) + ".json", *thr],
+                      Path(str(t) + ".log"), Path(str(t) + ".json"), env)
+        result["attempts"][f"group_size {gs}"] = {k: m.get(k) for k in ("status", "error", "divisibility_error",
+                                                                         "oneshot_seconds", "child_wall_seconds")}
     if result["install"]["status"] == "ok":
         print("[peer] llmcompressor GPTQ ...", flush=True)
-        env = {**os.environ, "PYTHONPATH": ""}
         m = run_child([str(venv / "bin" / "python"), str(ROOT / "scripts" / "peer_llmc_worker.py"),
                        "--model", folder, "--windows", str(work / "calib_windows.safetensors"),
                        "--bits", str(a.bits), "--group-size", str(a.group_size),

@@ -178,3 +178,26 @@ def test_fingerprint_depends_on_windows(setup):
     other[0, 0] = (other[0, 0] + 1) % 64
     assert gradient_fingerprint(windows, shapes) != gradient_fingerprint(other, shapes)
     assert gradient_fingerprint(windows, shapes) != gradient_fingerprint(windows, {"a": (3, 2)})
+
+
+def test_fp16_model_gradients_do_not_underflow():
+    """A half-precision model's tiny per-sample gradients survive (loss scaling)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from compressor.gradients import gradient_stats
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model32 = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # shrink the final norm: every upstream gradient falls to ~1e-8,
+        model32.model.norm.weight.mul_(1e-5)  # below fp16's smallest subnormal (6e-8)
+    windows = torch.randint(0, 64, (2, 16))
+    name = "model.layers.0.mlp.up_proj"
+    ref, _ = gradient_stats(model32, windows, [name], {"grad_absmean"}, "cpu")
+    model16 = LlamaForCausalLM(cfg).to(torch.float16)
+    model16.load_state_dict(model32.state_dict())
+    got, _ = gradient_stats(model16, windows, [name], {"grad_absmean"}, "cpu")
+    r, g = ref[name]["grad_absmean"], got[name]["grad_absmean"]
+    assert (g > 0).float().mean() > 0.9 * (r > 0).float().mean()
+    torch.testing.assert_close(g, r, rtol=0.1, atol=r.max().item() * 0.05)

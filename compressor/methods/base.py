@@ -68,10 +68,12 @@ class Method:
     uses_previous: ClassVar[bool] = False
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: MethodConfig,
-             fisher: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
+             fisher: dict[str, torch.Tensor] | None = None,
+             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
         """Optional global pass over all target weights (rank / bit allocation).
 
-        Returns per-target-name dicts that reach ``compress`` as ``target.plan``.
+        ``dtype`` is the storage dtype of the parts' floating tensors (budgets that count
+        bytes need it). Returns per-target-name dicts that reach ``compress`` as ``target.plan``.
         """
         return {}
 

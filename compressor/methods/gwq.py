@@ -92,7 +92,7 @@ def gwq_quantize(w: torch.Tensor, score: torch.Tensor, cfg: GWQConfig,
     else:
         q = quantize_rtn(w, cfg.bits, cfg.group_size, cfg.sym, mask=m)
     values = outlier_values(w, q, mask)
-    return q, mask, values, {**info, "outliers": k}
+    return q, mask, values, {**info, "outliers": int(mask.sum())}
 
 
 def _score(target: Target, cfg: GWQConfig) -> torch.Tensor:

@@ -55,7 +55,8 @@ class LowRankMethod(Method):
         raise NotImplementedError
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: Any,
-             fisher: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
+             fisher: dict[str, torch.Tensor] | None = None,
+             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
         """WeLore allocation when asked for; uniform ranks need no global pass."""
         if cfg.allocation != "welore":
             return {}

@@ -84,7 +84,8 @@ class LQLoRA(Method):
         return frozenset({"fisher"}) if cfg.fisher_weighted else frozenset()
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: LQLoRAConfig,
-             fisher: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
+             fisher: dict[str, torch.Tensor] | None = None,
+             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
         if not cfg.mixed:
             return {}
         configs = lqlora.candidate_configs(cfg.nf_bits, cfg.block_sizes)
@@ -96,7 +97,8 @@ class LQLoRA(Method):
         for name in names:
             shape = tuple(weights[name].shape)
             if shape not in bits_cache:
-                bits_cache[shape] = [lqlora.config_bits(c, shape[0], shape[1], cfg.rank) for c in configs]
+                bits_cache[shape] = [lqlora.config_bits(c, shape[0], shape[1], cfg.rank, dtype)
+                                     for c in configs]
             bits.append(bits_cache[shape])
         # Cheap feasibility check before the expensive sweep of decompositions.
         floor = sum(min(b) * k for b, k in zip(bits, numels)) / total
@@ -114,15 +116,15 @@ class LQLoRA(Method):
                 _, _, _, info = lqlora.lq_decompose(
                     w, cfg.rank, lqlora.nf_quantizer(conf), max_iters=cfg.plan_iters,
                     row_weight=rw, col_weight=cw, svd_method=cfg.plan_svd_method)
-                row.append(info["error"])
-            # Relative errors are scale-free; weighting by the matrix's share of the
-            # parameters makes the sum the mean relative error per weight.
-            errors.append([e * numel / total for e in row])
+                row.append(info["abs_error"])
+            # The paper's objective: the sum over matrices of ‖W − (Q + L)‖² (Fisher-weighted
+            # in the data-aware variant), so a high-norm matrix's error counts for more.
+            errors.append(row)
         choice, info = lqlora.ilp_allocate(errors, bits, numels, cfg.bits)
         out = {}
         for i, (name, j) in enumerate(zip(names, choice)):
             out[name] = {"nf_bits": configs[j].bits, "block_size": configs[j].block_size,
-                         "planned_error": errors[i][j] * total / numels[i],
+                         "planned_error": errors[i][j],
                          "planned_bits": bits[i][j],
                          "ilp_achieved_bits": info["achieved_bits"],
                          "ilp_status": info["status"], "ilp_fallback": info["fallback"]}
