@@ -68,7 +68,11 @@ def eora_factors(delta: torch.Tensor, gram: torch.Tensor, rank: int,
     u, s, vh = torch.linalg.svd(m_w, full_matrices=False)
     s_r = s[:rank].sqrt()
     b = u[:, :rank] * s_r                                  # U_r Σ_r^{1/2}
-    a = ((s_r[:, None] * vh[:rank]) / root) @ q.T          # Σ_r^{1/2} V_rᵀ Λ^{-1/2} Qᵀ
+    # A = Σ_r^{1/2} V_rᵀ Λ^{-1/2} Qᵀ equals Σ_r^{-1/2} U_rᵀ ΔW exactly (V_rᵀ = Σ_r⁻¹ U_rᵀ ΔW Q Λ^{1/2}):
+    # the same factors without dividing by (floored) eigenvalues. Zero singular values carry
+    # nothing, so their rows of A are zero.
+    inv = torch.where(s_r > 0, 1.0 / s_r.clamp_min(torch.finfo(s_r.dtype).tiny), torch.zeros_like(s_r))
+    a = inv[:, None] * (u[:, :rank].T @ delta.double())
     total = float((s * s).sum())
     resid = float((s[rank:] * s[rank:]).sum()) / total if total > 0 else 0.0
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
