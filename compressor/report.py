@@ -55,7 +55,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---:|"]
     for k, v in report["stage_seconds"].items():
         lines.append(f"| {k} | {v:.2f} |")
-    lines += ["", f"Peak memory: {report['peak_memory']}", ""]
+    pm = report["peak_memory"]
+    mem = f"CPU peak RSS {_fmt_bytes(pm['cpu_peak_rss_bytes'])}"
+    if "cuda_peak_allocated_bytes" in pm:
+        mem += f", GPU peak allocated {_fmt_bytes(pm['cuda_peak_allocated_bytes'])}"
+    g = report.get("gradients") or {}
+    lines += ["", f"Peak memory: {mem}." + (f" Gradient pass: {g}" if g else ""), ""]
     for plot in report.get("plots", []):
         lines.append(f"![{plot}]({plot})")
     lines += ["", "## Per module", "",
