@@ -183,7 +183,7 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
 
     ``init`` (d, k) is normalized and used as the starting dictionary; otherwise D starts
     from the top left singular vectors of Y (deterministic), completed, when k exceeds
-    rank(Y)'s dimensions, with normalized signals chosen with ``generator``.
+    min(d, N), with normalized signals chosen with ``generator``.
 
     Returns D float64, idx (N, s) int64, coef (N, s) float64 and info
     {"rel_errors": ‖Y−DX‖/‖Y‖ after each iteration's coding and finally, "replaced_atoms"}.
@@ -211,7 +211,7 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
 
     rel_errors: list[float] = []
     replaced = 0
-    idx = coef = None
+    idx = None
     for it in range(iters):
         idx, coef = batch_omp(D, Y64, s, max_elems=max_elems)
         rel_errors.append(float(torch.linalg.vector_norm(

@@ -257,3 +257,20 @@ def test_lost_rejects_a_rank_that_does_not_fit():
         method.compress(_target(torch.randn(OUT, IN)), method.Config(rank=IN + 1))
     with pytest.raises(UserError):
         method.compress(_target(torch.randn(OUT, IN)), method.Config(rank=50))  # no saving
+
+
+def test_lost_beats_svd_on_low_rank_plus_channel_sparse():
+    # Planted: rank 8 plus 12 dense input channels. At ratio 0.6 SVD affords rank 17 < 20;
+    # LOST affords rank 9 + the 12 channels (sparse_frac sized to that), and finds them.
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(OUT, 8, generator=g) @ torch.randn(8, IN, generator=g)
+    cols = torch.randperm(IN, generator=g)[:12]
+    W[:, cols] += torch.randn(OUT, 12, generator=g)
+    svd, lost = get_method("svd")(), get_method("lost")()
+    ref = svd.compress(_target(W), svd.Config(ratio=0.6))
+    res = lost.compress(_target(W), lost.Config(ratio=0.6, sparse_frac=0.48))
+    assert (res.info["rank"], res.info["channels"]) == (9, 12)
+    assert sorted(res.module.parts[1].indices.long().tolist()) == sorted(cols.tolist())
+    assert res.module.stored_bytes() <= 0.4 * OUT * IN * 4
+    err = (W - res.module.dense_weight()).norm()
+    assert err < 0.9 * (W - ref.module.dense_weight()).norm()
