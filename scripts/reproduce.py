@@ -26,7 +26,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-@dataclass
 class NothingToCheck(Exception):
     """A recipe without an `expect` block cannot pass or fail: treat it as an error."""
 
@@ -110,11 +109,17 @@ def main(argv: list[str] | None = None) -> int:
                          "default: a temporary folder, removed at the end")
     ap.add_argument("--keep", action="store_true", help="keep the temporary outputs and say where")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="show the per-layer numerics log (damping, floors); default: warnings only")
     args = ap.parse_args(argv)
+
+    import logging
 
     from compressor.console import setup_logging
 
-    setup_logging(verbose=False)
+    setup_logging(verbose=args.verbose)
+    if not args.verbose:
+        logging.getLogger("svdc").setLevel(logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
     if args.threads:
         import torch

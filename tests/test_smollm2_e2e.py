@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2_run(tmp_path_factory):
     from compressor import cli
-    out = tmp_path_factory.mktemp("e2e") / "smollm2-gptq3-eora"
-    argv = ["svdc", "compress", "smollm2-135m", "--method", "eora", "--bits", "3", "--group-size", "64",
+    out = tmp_path_factory.mktemp("e2e") / "smollm2-rtn3-eora"
+    argv = ["svdc", "compress", "smollm2-135m", "--method", "eora", "--base", "rtn", "--bits", "3", "--group-size", "64",
             "--rank", "16", "--calib", "builtin", "--nsamples", "2", "--seqlen", "128",
             "--eval", "builtin", "--eval-windows", "2", "-o", str(out)]
     old = sys.argv
