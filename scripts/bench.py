@@ -130,9 +130,13 @@ def _evaluate(model, output: Path, ev_cfg, calib_seqlen: int, device: str) -> di
     return res
 
 
-def run_row(matrix: dict[str, Any], rid: str, device: str, work: Path, out_dir: Path) -> dict[str, Any]:
-    """One row, never raising: a failure is recorded with its error line."""
+def run_row(matrix: dict[str, Any], rid: str, device: str, work: Path, out_dir: Path,
+            include_skipped: bool = False) -> dict[str, Any]:
+    """One row, never raising: a failure is recorded with its error line; a row the matrix marks
+    `skip_on_cpu: reason` is recorded as skipped (with the reason) on a CPU."""
     row = row_by_id(matrix, rid)
+    # a row may override the calibration (a diagnostic row, e.g. more calibration tokens)
+    matrix = {**matrix, "calibration": {**matrix["calibration"], **(row.get("calibration") or {})}}
     base = {"id": rid, "key": result_key(rid, device), "label": row.get("label", rid),
             "family": row.get("family", "lowrank"), "stages": row.get("stages", []),
             "budget": row.get("budget"), "machine": machine_facts(device), "versions": library_versions(),
@@ -140,6 +144,8 @@ def run_row(matrix: dict[str, Any], rid: str, device: str, work: Path, out_dir: 
             "eval_declared": {**matrix["eval"], **(row.get("eval") or {})},
             "started_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     t = time.perf_counter()
+    if device == "cpu" and row.get("skip_on_cpu") and not include_skipped:
+        return {**base, "status": "skipped", "error": row["skip_on_cpu"], "wall_seconds": 0.0}
     try:
         if row.get("family") == "dense":
             body = run_dense(matrix, row, device)
@@ -166,6 +172,8 @@ def _child(args: argparse.Namespace, rid: str, log_dir: Path) -> dict[str, Any]:
            "--device", args.device, "--work", str(args.work), "--worker", rid, "--worker-json", str(tmp)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.include_skipped:
+        cmd += ["--include-skipped"]
     t = time.perf_counter()
     with open(log_dir / f"{rid}.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -191,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(ROOT / "bench_out" / "bench"), help="compressed outputs, logs")
     p.add_argument("--in-process", action="store_true", help="no child processes (peak RSS cumulative)")
     p.add_argument("--report-only", action="store_true", help="only regenerate the markdown and plots")
+    p.add_argument("--include-skipped", action="store_true", help="also run rows marked skip_on_cpu")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         import logging
         logging.basicConfig(level=logging.WARNING)
-        row = run_row(matrix, args.worker, args.device, args.work, args.out)
+        row = run_row(matrix, args.worker, args.device, args.work, args.out, args.include_skipped)
         Path(args.worker_json).write_text(json.dumps(row, default=str))
         return 0
 
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_done and done.get(key, {}).get("status") == "ok":
                 continue
             print(f"[bench] {key} ...", flush=True)
-            row = (run_row(matrix, rid, args.device, args.work, args.out) if args.in_process
+            row = (run_row(matrix, rid, args.device, args.work, args.out, args.include_skipped) if args.in_process
                    else _child(args, rid, log_dir))
             row["in_process"] = bool(args.in_process)
             merge_row(results_path, row)

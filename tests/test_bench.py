@@ -44,7 +44,9 @@ def bench_run(tiny_model_dir, tmp_path_factory):
         "rows": [{"id": "svd-r0.5", "family": "lowrank", "budget": "ratio 0.5",
                   "stages": [{"method": "svd", "ratio": 0.5}]},
                  {"id": "wsvd-r0.5", "family": "lowrank", "budget": "ratio 0.5",
-                  "stages": [{"method": "whitened-svd", "ratio": 0.5}]}],
+                  "stages": [{"method": "whitened-svd", "ratio": 0.5}]},
+                 {"id": "slow", "family": "lowrank", "stages": [{"method": "svd", "ratio": 0.5}],
+                  "skip_on_cpu": "too slow here"}],
         "comparisons": [{"title": "Whitened SVD vs plain SVD",
                          "pairs": [{"method": "wsvd-r0.5", "baselines": ["svd-r0.5"]}]}],
     }
@@ -60,7 +62,8 @@ def bench_run(tiny_model_dir, tmp_path_factory):
 def test_rows_results_and_markdown(bench_run):
     _, out, md = bench_run
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert set(rows) == {"svd-r0.5", "wsvd-r0.5"}
+    assert set(rows) == {"svd-r0.5", "wsvd-r0.5", "slow"}
+    assert rows.pop("slow")["status"] == "skipped"     # recorded with its reason, never run
     for r in rows.values():
         assert r["status"] == "ok", r["error"]
         assert math.isfinite(r["ppl"]) and r["ppl"] > 1
@@ -74,7 +77,7 @@ def test_rows_results_and_markdown(bench_run):
     assert line.rstrip(" |").endswith("yes") == (a < b)
     assert (out / "plot_lowrank_ppl_vs_params.png").is_file()
     assert (out / "plot_time_per_stage.png").is_file()
-    assert "partial" in text
+    assert "partial" in text and "skipped: too slow here" in text   # listed with its reason
 
 
 def test_command_is_the_equivalent_cli_line(bench_run):
