@@ -36,3 +36,7 @@ recipes: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# Regenerate BENCHMARKS.md (SmolLM2, builtin text; ~1.5 h on 2 cores, one thread per row)
+bench: setup
+	$(BIN)/python scripts/bench.py --matrix scripts/bench_matrix.yaml --out benchmarks/ --threads 1

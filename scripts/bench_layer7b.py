@@ -192,7 +192,9 @@ def real_weight_accuracy(spec: str, ratio: float, small: int, seed: int) -> dict
     from safetensors import safe_open
 
     from compressor.linalg import rank_from_ratio, truncated_svd
-    from compressor.models import resolve_model
+    from compressor.models import default_cache_dir, resolve_model
+    if not (default_cache_dir() / "models" / spec).is_dir() and not Path(spec).is_dir():
+        return {"status": f"skipped: {spec} is not cached on this machine (no download attempted)"}
     try:
         folder = resolve_model(spec).path
         f = next(iter(sorted(folder.glob("*.safetensors"))))

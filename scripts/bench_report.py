@@ -347,7 +347,7 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
          "```",
          f"python scripts/bench.py --matrix {matrix_path} --out {rel_out}/ --threads 1   # all rows (~{total_wall / 60:.0f} min here)",
          "python scripts/peer_llmcompressor.py --threads 1                                 # llmcompressor side by side",
-         "python scripts/bench_layer7b.py --device cpu                                     # one 7B-shaped layer",
+         "python scripts/bench_layer7b.py --device cpu --threads 1                         # one 7B-shaped layer",
          "python scripts/bench_inference.py --threads 1                                    # tokens/s per layer type",
          f"python scripts/bench.py --matrix {matrix_path} --out {rel_out}/ --report-only   # this file from the JSON",
          "```", "",
