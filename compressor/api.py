@@ -18,8 +18,9 @@ import torch
 from . import __version__
 from .accounting import model_footprint, totals, written_entries
 from .atomic import atomic_dir, check_output
-from .checkpoint import save_compressed
+from .checkpoint import round_uncompressed, save_compressed
 from .errors import UserError
+from .models import resolve_storage_dtype
 from .pipeline import sequential_compress
 from .progress import NullProgress, ProgressSink
 from .recipe import Recipe, dump_recipe
@@ -65,6 +66,9 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         model, tokenizer, minfo = load_model(recipe.model, dtype=recipe.dtype, device="cpu",
                                              compute_device=device)
     minfo_d = minfo if isinstance(minfo, dict) else vars(minfo)
+    compute_dtype = next(model.parameters()).dtype
+    storage_dtype = resolve_storage_dtype(recipe.storage_dtype, minfo_d.get("checkpoint_dtype"),
+                                          compute_dtype)
     layers_path, layers = decoder_layers(model)
     inc, exc = recipe.targets.include, recipe.targets.exclude
     target_names = [f"{layers_path}.{i}.{rel}" for i, layer in enumerate(layers)
@@ -90,7 +94,6 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         weights = DeviceWeights({n: model.get_submodule(n).weight for n in target_names}, device)
         fisher = ({n: g["fisher"] for n, g in grad_stats.items() if "fisher" in g}
                   if grad_stats else None)
-        storage_dtype = next(model.parameters()).dtype
         for st in stages:
             st.plan = st.method.plan(weights, st.cfg, fisher, dtype=storage_dtype) or {}
 
@@ -102,13 +105,16 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
             model, layers_path, layers,
             targets_of=lambda layer: target_linears(layer, include=inc, exclude=exc),
             kind_of=linear_kind, windows=windows, stages=stages, needs=needs, device=device,
-            seed=cal.seed, grad_stats=grad_stats, progress=progress, resume=ckpt)
+            seed=cal.seed, grad_stats=grad_stats, progress=progress, resume=ckpt,
+            storage_dtype=storage_dtype)
+        round_uncompressed(model, storage_dtype)   # evaluate what the file holds
     timer.seconds.update({f"layers.{k}": v for k, v in result.stage_seconds.items()})
 
     report: dict[str, Any] = {
         "svdc_version": __version__, "command": command, "recipe": recipe.model_dump(mode="json"),
         "model": {k: (str(v) if isinstance(v, Path) else v) for k, v in minfo_d.items()},
-        "device": str(device), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": str(device), "dtype": str(compute_dtype).removeprefix("torch."),
+        "storage_dtype": str(storage_dtype).removeprefix("torch."),
         "calibration": {"dataset": cal.dataset, "nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
                         "seed": cal.seed},
         "gradients": grad_info, "resumed_layers": ckpt.resumed_layers,
@@ -116,7 +122,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         "versions": versions(), "machine": machine(device)}
     with atomic_dir(output, force) as tmp:
         with timer("write"):
-            save_compressed(model, tokenizer, tmp, {"recipe_fingerprint": ckpt.fp})
+            save_compressed(model, tokenizer, tmp, storage_dtype, {"recipe_fingerprint": ckpt.fp})
             (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
             report["totals"] = totals(written_entries(tmp), target_names, before_targets, before_model)
         if recipe.eval:

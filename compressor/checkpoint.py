@@ -34,14 +34,34 @@ def compressed_modules(model: nn.Module) -> dict[str, CompressedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, CompressedLinear)}
 
 
-def compression_config(model: nn.Module, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    dtype = next(model.parameters()).dtype
+def compression_config(model: nn.Module, dtype: torch.dtype,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"format": FORMAT, "version": FORMAT_VERSION, "dtype": str(dtype).removeprefix("torch."),
             "modules": {n: m.spec() for n, m in compressed_modules(model).items()}, **(extra or {})}
 
 
-def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict without aliases (tied embeddings): safetensors stores a tensor once."""
+def _uncompressed_float(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Floating parameters and buffers outside the compressed linears (whose parts keep the
+    dtypes their formats define, e.g. float16 quantization scales)."""
+    inside = tuple(n + "." for n in compressed_modules(model))
+    return [(k, t) for k, t in model.state_dict(keep_vars=True).items()
+            if t.is_floating_point() and not k.startswith(inside)]
+
+
+def round_uncompressed(model: nn.Module, dtype: torch.dtype) -> None:
+    """Round the uncompressed tensors to ``dtype`` in place (keeping their own dtype), so the
+    in-memory model computes with exactly the values ``save_compressed`` writes."""
+    with torch.no_grad():
+        for _, t in _uncompressed_float(model):
+            if t.dtype != dtype:
+                t.copy_(t.to(dtype))
+
+
+def _unique_state(model: nn.Module, dtype: torch.dtype
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict without aliases (tied embeddings): safetensors stores a tensor once.
+    Uncompressed floating tensors are written in ``dtype``."""
+    cast = {k for k, _ in _uncompressed_float(model)}
     seen: dict[tuple, str] = {}
     out, aliases = {}, {}
     for k, t in model.state_dict().items():
@@ -50,7 +70,8 @@ def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
             aliases[k] = seen[key]
             continue
         seen[key] = k
-        out[k] = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu")
+        out[k] = (t.to(dtype) if k in cast else t).contiguous()
     return out, aliases
 
 
@@ -79,11 +100,17 @@ def write_weights(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict
 
 
 def save_compressed(model: nn.Module, tokenizer: Any, folder: Path,
+                    dtype: torch.dtype | None = None,
                     extra_config: dict[str, Any] | None = None) -> dict[str, int]:
-    """Write config, weights and tokenizer into ``folder`` (already a temporary folder)."""
-    tensors, aliases = _unique_state(model)
+    """Write config, weights and tokenizer into ``folder`` (already a temporary folder).
+    ``dtype``: the storage dtype of the uncompressed tensors (default: the model's)."""
+    dtype = dtype or next(model.parameters()).dtype
+    tensors, aliases = _unique_state(model, dtype)
     cfg = model.config.to_dict()
-    cfg["compression_config"] = compression_config(model, {"tied_aliases": aliases, **(extra_config or {})})
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    cfg.pop("torch_dtype", None)
+    cfg["compression_config"] = compression_config(model, dtype, {"tied_aliases": aliases,
+                                                                  **(extra_config or {})})
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
     # one metadata key only: safetensors writes its metadata map in hash order, so two keys
     # would make identical runs differ byte-wise
@@ -116,6 +143,15 @@ def is_compressed_folder(path: str | Path) -> bool:
     return cfg.is_file() and "compression_config" in json.loads(cfg.read_text())
 
 
+def _no_init_weights():
+    """transformers' context that skips weight initialization (moved in transformers 5)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
+
+
 def load_compressed(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """Rebuild a model written by ``save_compressed``; every stored key must be used."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -132,7 +168,8 @@ def load_compressed(path: str | Path, device: str = "cpu", dtype: torch.dtype | 
         raise UserError(f"{folder}: written by a newer svdc (format {cc['version']}); upgrade svdc")
     store_dtype = getattr(torch, cc["dtype"])
     config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=store_dtype)
+    with _no_init_weights():   # every tensor is overwritten below: random init is wasted time
+        model = AutoModelForCausalLM.from_config(config, dtype=store_dtype)
     for name, spec in cc["modules"].items():
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -85,7 +85,9 @@ def compress(
     seed: Optional[int] = typer.Option(None, help="seed for sampling and randomized routines"),
     fisher_file: Optional[str] = typer.Option(None, "--fisher-file", help="load/save gradient statistics here"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    dtype: Optional[str] = typer.Option(None, help="auto | float32 | float16 | bfloat16"),
+    dtype: Optional[str] = typer.Option(None, help="compute dtype: auto | float32 | float16 | bfloat16"),
+    storage_dtype: Optional[str] = typer.Option(None, "--storage-dtype",
+                                                help="written dtype: auto (the checkpoint's) | float32 | float16 | bfloat16"),
     eval_: list[str] = typer.Option([], "--eval", help="evaluate the result on these datasets"),
     eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="score only this many windows (partial)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
@@ -129,6 +131,8 @@ def compress(
         data["device"] = device
     if dtype is not None:
         data["dtype"] = dtype
+    if storage_dtype is not None:
+        data["storage_dtype"] = storage_dtype
     if eval_:
         data["eval"] = {**(data.get("eval") or {}), "datasets": list(eval_)}
     if eval_windows is not None:

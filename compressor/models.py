@@ -122,6 +122,7 @@ class ModelInfo:
     n_params: int
     n_layers: int | None
     hidden_size: int | None
+    checkpoint_dtype: str | None = None     # what the config declares (before any cast)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -495,6 +496,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def checkpoint_dtype(config: Any) -> torch.dtype | None:
+    """The floating dtype the checkpoint declares in its config, if any."""
+    own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(own, str):
+        own = DTYPES.get(own.replace("torch.", ""))
+    return own if isinstance(own, torch.dtype) and own.is_floating_point else None
+
+
 def resolve_dtype(dtype: str | torch.dtype, config: Any, device: torch.device) -> torch.dtype:
     """'auto': the checkpoint's own dtype on CUDA; float32 on CPU (half math there is slow and
     inexact)."""
@@ -503,12 +512,19 @@ def resolve_dtype(dtype: str | torch.dtype, config: Any, device: torch.device) -
     if dtype == "auto":
         if device.type != "cuda":
             return torch.float32
-        own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        if isinstance(own, str):
-            own = DTYPES.get(own.replace("torch.", ""))
-        return own if isinstance(own, torch.dtype) and own.is_floating_point else torch.float32
+        return checkpoint_dtype(config) or torch.float32
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}': use auto, float32, float16 or bfloat16")
+    return DTYPES[dtype]
+
+
+def resolve_storage_dtype(dtype: str, own: str | None, compute: torch.dtype) -> torch.dtype:
+    """'auto': the checkpoint's own dtype ``own`` (compressing must not grow a bfloat16 model
+    to float32 because the math ran in float32), else the compute dtype."""
+    if dtype == "auto":
+        return DTYPES.get(own or "", compute)
+    if dtype not in DTYPES:
+        raise UserError(f"unknown storage dtype '{dtype}': use auto, float32, float16 or bfloat16")
     return DTYPES[dtype]
 
 
@@ -566,6 +582,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
         model_type=model.config.model_type,
         n_params=sum(p.numel() for p in model.parameters()), n_layers=n_layers,
         hidden_size=getattr(cfg, "hidden_size", None),
+        checkpoint_dtype=(str(own).removeprefix("torch.") if (own := checkpoint_dtype(config))
+                          else None),
     )
     return model, tokenizer, info
 

@@ -72,12 +72,14 @@ def relative_errors(w: torch.Tensor, w_hat: torch.Tensor,
 
 def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
                     stats: LinearStats, stages: list[Stage], device: torch.device,
-                    seed: int) -> tuple[CompressedLinear, ModuleRecord]:
-    """Run every stage on one linear (each stage sees the previous stage's output)."""
+                    seed: int, storage_dtype: torch.dtype | None = None
+                    ) -> tuple[CompressedLinear, ModuleRecord]:
+    """Run every stage on one linear (each stage sees the previous stage's output); the
+    parts' floating tensors are stored in ``storage_dtype`` (default: the weight's)."""
     t0 = time.perf_counter()
     w = linear.weight.detach().to(device=device, dtype=torch.float32)
     bias = None if linear.bias is None else linear.bias.detach().to(device)
-    dtype = linear.weight.dtype
+    dtype = storage_dtype or linear.weight.dtype
     previous: CompressedLinear | None = None
     info: dict[str, Any] = {}
     for stage in stages:
@@ -133,6 +135,7 @@ def sequential_compress(
     grad_stats: dict[str, dict[str, torch.Tensor]] | None = None,
     progress: ProgressSink | None = None,
     resume: Any | None = None,
+    storage_dtype: torch.dtype | None = None,
 ) -> SequentialResult:
     """Compress every target linear of every decoder layer in place; return report rows.
 
@@ -157,7 +160,8 @@ def sequential_compress(
         kw = layer_kwargs[i]
         targets = targets_of(layer)
         prefix = f"{layers_path}.{i}."
-        done = resume.load_layer(i, layer, device) if resume is not None else None
+        done = (resume.load_layer(i, layer, device, storage_dtype or next(layer.parameters()).dtype)
+                if resume is not None else None)
         note = f"layer {i + 1}/{n_layers}"
         if done is not None:
             records.extend(done)
@@ -184,7 +188,7 @@ def sequential_compress(
                                         fisher=_dev(g.get("fisher"), device),
                                         grad_absmean=_dev(g.get("grad_absmean"), device))
                 module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
-                                              device, seed)
+                                              device, seed, storage_dtype)
                 set_submodule(layer, rel, module)
                 layer_records.append(rec)
                 _log_numerics(rec)

@@ -56,7 +56,12 @@ class Recipe(_Strict):
     version: int = RECIPE_VERSION
     model: str | None = None
     device: str = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description=(
+        "compute dtype of the model during calibration and evaluation (auto: the checkpoint's "
+        "own on CUDA, float32 on CPU)"))
+    storage_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description=(
+        "dtype written for factors, dictionaries and uncompressed tensors (auto: the "
+        "checkpoint's own, so a bfloat16 model stays bfloat16 even when computed in float32)"))
     calibration: Calibration = Field(default_factory=Calibration)
     gradients: Gradients = Field(default_factory=Gradients)
     targets: Targets = Field(default_factory=Targets)

@@ -78,13 +78,15 @@ class LayerCheckpoints:
         os.replace(tmp, tpath)
         atomic_write_text(jpath, json.dumps({"specs": specs, "records": [r.to_dict() for r in records]}))
 
-    def load_layer(self, i: int, layer: nn.Module, device: torch.device) -> list[ModuleRecord] | None:
+    def load_layer(self, i: int, layer: nn.Module, device: torch.device,
+                   dtype: torch.dtype) -> list[ModuleRecord] | None:
+        """Layer i's compressed linears (parts in ``dtype``) put into ``layer``, and their
+        report rows; None when layer i has no checkpoint."""
         tpath, jpath = self._paths(i)
         if not jpath.is_file():
             return None
         meta = json.loads(jpath.read_text())
         tensors = load_file(str(tpath))
-        dtype = next(layer.parameters()).dtype
         for rel, spec in meta["specs"].items():
             mod = CompressedLinear.from_spec(spec, dtype)
             mod.load_state_dict({k[len(rel) + 1:]: v for k, v in tensors.items() if k.startswith(rel + ".")},

@@ -13,7 +13,7 @@ Cholesky factor; the approximate rank-1 atom update); Aharon, Elad, Bruckstein 2
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,18 +25,25 @@ DEPENDENT_TOL = 1e-10          # float64 selection
 DEPENDENT_TOL_FP32 = 1e-4      # float32 selection (rounding of ‖L⁻¹g‖² is ~t·1e-7)
 # |cos| between two atoms above which the later one is treated as a wasted duplicate.
 DUPLICATE_COS = 0.99
+# Iterative refinement of the float32 OMP solve, and the relative residual above which a
+# signal's coefficients are re-solved by a float64 Cholesky instead.
+REFINE_STEPS = 1
+REFINE_TOL = 1e-9
 
 
-def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
+def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *, block: int = 1,
               max_elems: int = DEFAULT_MAX_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
     """s-sparse codes of every column of Y over the unit-norm atoms of D, all at once.
 
-    Greedy: each of the s steps picks, per signal, the atom most correlated with the
+    Greedy: each step adds, per signal, the ``block`` atoms most correlated with the
     residual (never one already chosen); the coefficients are the least-squares fit on
-    the chosen support. The residual is never formed: the correlations live in atom space
-    (G = DᵀD), see ``_omp_select``. Selection runs in float32 (it only ranks atoms); the
-    returned coefficients are solved in float64. Signals are processed in chunks of at
-    most ``max_elems`` working elements.
+    the chosen support. block=1 is orthogonal matching pursuit; block>1 is its
+    generalized form (gOMP, Wang, Kwon & Shim 2012): s/block steps instead of s, which
+    is what makes large s affordable (the per-step work is memory-bound). The residual
+    is never formed: the correlations live in atom space (G = DᵀD), see ``_omp_select``.
+    Selection runs in float32 (it only ranks atoms); the coefficients are its float32
+    solve refined in float64 (``_refined``). Signals are processed in chunks
+    of at most ``max_elems`` working elements.
 
     Returns idx (N, s) int64 and coef (N, s) float64.
     """
@@ -46,6 +53,8 @@ def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
     k, N = D.shape[1], Y.shape[1]
     if not 1 <= s <= k:
         raise ValueError(f"sparsity s={s} must be in 1..{k} (the number of atoms)")
+    if block < 1:
+        raise ValueError(f"block={block} must be >= 1")
     D64 = D.detach().to(torch.float64)
     G = D64.mT @ D64
     G32 = G.to(torch.float32)
@@ -55,9 +64,14 @@ def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *,
     for start in range(0, N, chunk):
         stop = min(N, start + chunk)
         A = Y[:, start:stop].detach().to(torch.float64).mT @ D64    # (n, k) = (Dᵀy)ᵀ
-        idx = _omp_select(G32, A.to(torch.float32), s)
+        idx, M, z = _omp_select(G32, A.to(torch.float32), s, block)
         idx_out[start:stop] = idx
-        coef_out[start:stop] = _support_lstsq(G, A, idx)
+        c0 = torch.bmm(M.mT, z[..., None])[..., 0].to(torch.float64)      # c = L⁻ᵀL⁻¹b
+
+        def solve32(r: torch.Tensor, M: torch.Tensor = M) -> torch.Tensor:
+            return torch.bmm(M.mT, torch.bmm(M, r[..., None]))[..., 0]
+
+        coef_out[start:stop] = _refined(G, A, idx, c0, solve32)
     return idx_out, coef_out
 
 
@@ -66,20 +80,63 @@ def ls_on_support(D: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor, *,
     """Least-squares coefficients (N, s) float64 of each column of Y on its fixed support.
 
     Lets K-SVD's final codes be at least as good as the codes its last atom sweep left.
+    A float32 Cholesky of each support Gram, refined to float64 (``_refined``).
     """
     D64 = D.detach().to(torch.float64)
     G = D64.mT @ D64
+    G32 = G.to(torch.float32)
     N, s = idx.shape
     out = torch.empty(N, s, dtype=torch.float64, device=D.device)
     chunk = _chunk_size(N, s, D.shape[1], max_elems)
+    eye = torch.eye(s, dtype=torch.float32, device=D.device)
     for start in range(0, N, chunk):
         A = Y[:, start:start + chunk].detach().to(torch.float64).mT @ D64
-        out[start:start + chunk] = _support_lstsq(G, A, idx[start:start + chunk])
+        sub = idx[start:start + chunk]
+        L, info = torch.linalg.cholesky_ex(G32[sub[:, :, None], sub[:, None, :]])
+        ok = info == 0
+        L = torch.where(ok[:, None, None], L, eye)    # keeps the solve finite
+
+        def solve32(r: torch.Tensor, L: torch.Tensor = L) -> torch.Tensor:
+            return torch.cholesky_solve(r[..., None], L)[..., 0]
+
+        c0 = solve32(A.gather(1, sub).to(torch.float32)).to(torch.float64)
+        # a Gram whose float32 Cholesky failed goes to the float64 fallback
+        c0 = torch.where(ok[:, None], c0, torch.full_like(c0, float("nan")))
+        out[start:start + chunk] = _refined(G, A, sub, c0, solve32)
     return out
 
 
 def _chunk_size(N: int, s: int, k: int, max_elems: int) -> int:
     return max(1, min(N, max_elems // (2 * s * s + 5 * k + 4 * s)))
+
+
+def _refined(G: torch.Tensor, A: torch.Tensor, idx: torch.Tensor, c: torch.Tensor,
+             solve32: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Float64 least-squares coefficients (n, s) on each support from a float32 solve.
+
+    ``c`` is the float32 solution of G_S c = A_S (as float64) and ``solve32`` applies the
+    same float32 inverse to a residual: REFINE_STEPS of iterative refinement (float64
+    residual, float32 correction) bring c to float64 accuracy at O(s²) a signal instead of
+    a float64 Cholesky's O(s³). The residual is one GEMM, (c scattered onto the atoms)·G,
+    not a gather of each support's Gram. Signals whose refined residual is still large
+    (a support too ill-conditioned for float32) or not finite fall back to
+    ``_support_lstsq``. (OMP's inert slots come in as 0 and stay 0.)
+    """
+    n, k = A.shape
+    b = A.gather(1, idx)
+    spread = torch.zeros(n, k, dtype=torch.float64, device=A.device)
+
+    def residual(c: torch.Tensor) -> torch.Tensor:
+        spread.zero_().scatter_add_(1, idx, c)
+        return b - (spread @ G).gather(1, idx)
+
+    for _ in range(REFINE_STEPS):
+        c = c + solve32(residual(c).to(torch.float32)).to(torch.float64)
+    scale = torch.linalg.vector_norm(b, dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+    bad = ~(torch.linalg.vector_norm(residual(c), dim=1) <= REFINE_TOL * scale)  # NaN: bad
+    if bool(bad.any()):
+        c[bad] = _support_lstsq(G, A[bad], idx[bad])
+    return c
 
 
 def _support_lstsq(G: torch.Tensor, A: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -99,58 +156,91 @@ def _support_lstsq(G: torch.Tensor, A: torch.Tensor, idx: torch.Tensor) -> torch
     return torch.cholesky_solve(b, L)[..., 0]
 
 
-def _omp_select(G: torch.Tensor, A: torch.Tensor, s: int) -> torch.Tensor:
-    """The OMP supports (n, s) for n signals, given G = DᵀD (k, k) and A = (DᵀY)ᵀ (n, k).
+def _omp_select(G: torch.Tensor, A: torch.Tensor, s: int, block: int = 1
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (g)OMP supports (n, s) for n signals, given G = DᵀD (k, k) and A = (DᵀY)ᵀ (n, k).
 
     Gram-Schmidt in coefficient space: M = L⁻¹ (inverse Cholesky factor of the support
-    Gram) grows by one row a step, its rows being the orthonormalized atoms q_t = D_S M[t]ᵀ.
-    With z = L⁻¹ b (entries fixed once computed), the residual correlations lose one term
-    a step, corr ← corr − (Dᵀq_t) z_t, and Dᵀq_t = G_S M[t]ᵀ is one GEMM: no triangular
-    solves (batched small solves are slow on CPU). Runs in the dtype of the inputs.
-    A new atom (numerically) in the span of the chosen ones gets an inert slot.
+    Gram) grows by a block of rows a step, its rows being the orthonormalized atoms
+    q_t = D_S M[t]ᵀ. For a new block B on support S: W = L⁻¹G_SB, the Schur complement
+    C = G_BB − WᵀW is orthonormalized within the block (P = R⁻¹, ``_orthonormalize``),
+    and the new rows of L⁻¹ are [−P Wᵀ L⁻¹, P]. With z = L⁻¹b (entries fixed once
+    computed), the correlations lose the block's terms, corr ← corr − (Σ_B z_j q_j)ᵀ G:
+    one GEMM a step and no triangular solves (batched small solves are slow on CPU).
+    Runs in the dtype of the inputs. A new atom (numerically) in the span of the chosen
+    ones gets an inert slot (row e_j of L⁻¹, z_j = 0, decoupled from later atoms).
+
+    Returns idx (n, s), M (n, s, s) and z (n, s), so G_S c = A_S is c = Mᵀz.
     """
     n, k = A.shape
     dev, dt = A.device, A.dtype
     tol = DEPENDENT_TOL if dt == torch.float64 else DEPENDENT_TOL_FP32
-    rows = torch.arange(n, device=dev)
     idx = torch.zeros(n, s, dtype=torch.long, device=dev)
     live = torch.zeros(n, s, dtype=dt, device=dev)    # 1 = slot holds an independent atom
     M = torch.zeros(n, s, s, dtype=dt, device=dev)    # L⁻¹ of the support Gram
     z = torch.zeros(n, s, dtype=dt, device=dev)       # L⁻¹ b
     used = torch.zeros(n, k, dtype=torch.bool, device=dev)
-    Q = torch.zeros(n, k, dtype=dt, device=dev)       # M[t] scattered onto the atoms
+    V = torch.zeros(n, k, dtype=dt, device=dev)       # Σ_B z_j M[j] scattered onto atoms
     gdiag = torch.diagonal(G)
     corr = A.clone()
-    for t in range(s):
-        a = corr.abs().masked_fill_(used, -1.0).argmax(dim=1)
-        idx[:, t] = a
-        if t + 1 == s:
-            break
-        used[rows, a] = True
-        gaa = gdiag[a]
-        if t == 0:
-            w = torch.zeros(n, 0, dtype=dt, device=dev)
-            d2 = gaa
-        else:
-            g = G[idx[:, :t], a[:, None]] * live[:, :t]    # inert slots decoupled
-            Mt = M[:, :t, :t]
-            # L⁻¹ g, the new row of L (as gᵀL⁻ᵀ: twice as fast as L⁻¹g on CPU's bmm)
-            w = torch.bmm(g[:, None, :], Mt.mT)[:, 0, :]
-            d2 = gaa - (w * w).sum(dim=1)
-        ok = d2 > tol * gaa.clamp_min(torch.finfo(dt).tiny)
-        okf = ok.to(dt)
-        delta = torch.where(ok, d2.clamp_min(0).sqrt(), torch.ones_like(d2))
-        # New row of L⁻¹: [-(wᵀ L⁻¹)/δ, 1/δ]; an inert (dependent) slot gets [0, 1].
+    t = 0
+    while t < s:
+        m = min(block, s - t)
+        B = corr.abs().masked_fill_(used, -1.0).topk(m, dim=1, sorted=True).indices
+        idx[:, t:t + m] = B
+        used.scatter_(1, B, True)
+        C = G[B[:, :, None], B[:, None, :]]                               # (n, m, m)
+        bB = A.gather(1, B)
         if t > 0:
-            M[:, t, :t] = -(okf / delta)[:, None] * torch.bmm(w[:, None, :], Mt)[:, 0, :]
-        M[:, t, t] = 1.0 / delta
-        live[:, t] = okf
-        zt = okf * (A[rows, a] - (w * z[:, :t]).sum(dim=1)) / delta
-        z[:, t] = zt
-        Q.zero_()
-        Q.scatter_(1, idx[:, :t + 1], M[:, t, :t + 1])
-        corr -= (Q @ G) * zt[:, None]
-    return idx
+            Mt = M[:, :t, :t]
+            GSB = G[idx[:, :t, None], B[:, None, :]] * live[:, :t, None]   # inert rows cut
+            W = torch.bmm(Mt, GSB)                                        # L⁻¹ G_SB (n, t, m)
+            C = C - torch.bmm(W.mT, W)
+            bB = bB - torch.bmm(W.mT, z[:, :t, None])[..., 0]
+        P, ok = _orthonormalize(C, gdiag[B], tol)
+        okf = ok.to(dt)
+        zB = torch.bmm(P, bB[..., None])[..., 0] * okf
+        if t > 0:
+            W = W * okf[:, None, :]                                      # inert: decoupled
+            M[:, t:t + m, :t] = -torch.bmm(P, torch.bmm(W.mT, Mt))
+        M[:, t:t + m, t:t + m] = P
+        live[:, t:t + m] = okf
+        z[:, t:t + m] = zB
+        t += m
+        if t < s:
+            v = torch.bmm(zB[:, None, :], M[:, t - m:t, :t])[:, 0, :]
+            V.zero_().scatter_(1, idx[:, :t], v)
+            corr -= V @ G
+    return idx, M, z
+
+
+def _orthonormalize(C: torch.Tensor, gaa: torch.Tensor, tol: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequential Gram-Schmidt of m vectors given their Gram C (n, m, m): P (n, m, m)
+    lower triangular with P C Pᵀ = I on the independent ones, and ok (n, m). Vector j is
+    dependent when its squared distance to the span of the earlier ones is at most
+    tol·gaa[j] (gaa: the atoms' own squared norms); its row of P is e_j and later vectors
+    ignore it."""
+    n, m, _ = C.shape
+    P = torch.zeros_like(C)
+    ok = torch.zeros(n, m, dtype=torch.bool, device=C.device)
+    okf = torch.zeros(n, m, dtype=C.dtype, device=C.device)
+    for j in range(m):
+        if j == 0:
+            w = C.new_zeros(n, 0)
+            d2 = C[:, 0, 0]
+        else:
+            Pj = P[:, :j, :j]
+            g = C[:, :j, j] * okf[:, :j]
+            w = torch.bmm(Pj, g[..., None])[..., 0]
+            d2 = C[:, j, j] - (w * w).sum(dim=1)
+        ok[:, j] = d2 > tol * gaa[:, j].clamp_min(torch.finfo(C.dtype).tiny)
+        okf[:, j] = ok[:, j].to(C.dtype)
+        delta = torch.where(ok[:, j], d2.clamp_min(0).sqrt(), torch.ones_like(d2))
+        if j > 0:
+            P[:, j, :j] = -(okf[:, j] / delta)[:, None] * torch.bmm(w[:, None, :], Pj)[:, 0, :]
+        P[:, j, j] = 1.0 / delta
+    return P, ok
 
 
 def dense_codes(idx: torch.Tensor, coef: torch.Tensor, k: int) -> torch.Tensor:
@@ -168,7 +258,7 @@ def residual_norms(D: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor,
 
 
 def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator,
-         init: torch.Tensor | None = None, *, power_iters: int = 1,
+         init: torch.Tensor | None = None, *, power_iters: int = 1, block: int = 1,
          max_elems: int = DEFAULT_MAX_ELEMS
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Learn D (d, k) with unit-norm atoms and s-sparse codes so that Y ≈ D X.
@@ -213,7 +303,7 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
     replaced = 0
     idx = None
     for it in range(iters):
-        idx, coef = batch_omp(D, Y64, s, max_elems=max_elems)
+        idx, coef = batch_omp(D, Y64, s, block=block, max_elems=max_elems)
         rel_errors.append(float(torch.linalg.vector_norm(
             residual_norms(D, Y64, idx, coef))) / ynorm)
         D, X, counts = _sweep_atoms(Y64, D, idx, coef, power_iters)
@@ -223,7 +313,7 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
                 D = _replace_atoms(Y64, D, X, idx, free, generator)
                 replaced += len(free)
 
-    new_idx, new_coef = batch_omp(D, Y64, s, max_elems=max_elems)
+    new_idx, new_coef = batch_omp(D, Y64, s, block=block, max_elems=max_elems)
     if idx is not None:
         refit = ls_on_support(D, Y64, idx, max_elems=max_elems)
         old_err = residual_norms(D, Y64, idx, refit)

@@ -76,6 +76,8 @@ def recipe_dict(matrix: dict[str, Any], row: dict[str, Any], output: Path, devic
     }
     if fisher_file is not None:
         d["gradients"] = {"fisher_file": str(fisher_file)}
+    if "storage_dtype" in row:                   # else auto: SmolLM2's own (float32)
+        d["storage_dtype"] = row["storage_dtype"]
     return d
 
 
@@ -209,6 +211,8 @@ def svdc_command(matrix: dict[str, Any], row: dict[str, Any], resolved: list[dic
     argv += ["--calib", c["dataset"], "--nsamples", str(c["nsamples"]), "--seqlen", str(c["seqlen"]),
              "--seed", str(c["seed"]), "--device", device, "--dtype", matrix["dtype"],
              "--eval", ev["dataset"]]
+    if "storage_dtype" in row:
+        argv += ["--storage-dtype", row["storage_dtype"]]
     if ev.get("max_windows"):
         argv += ["--eval-windows", str(ev["max_windows"])]
     if fisher_file:

@@ -212,6 +212,26 @@ def _stage_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+KIND_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _compress_per_layer(rows: list[dict[str, Any]]) -> list[str]:
+    """Method time per decoder layer and per matrix of each kind (from the modules' own
+    timers: the decomposition only, no calibration or propagation)."""
+    lines = ["| row | s per layer | " + " | ".join(f"{k} s/matrix" for k in KIND_ORDER) + " |",
+             "|---|---:|" + "---:|" * len(KIND_ORDER)]
+    for r in rows:
+        mods = r.get("modules") or {}
+        kinds = mods.get("by_kind") or {}
+        if not kinds:
+            continue
+        n_layers = mods["n_modules"] / len(kinds)
+        per_layer = sum(k["seconds"] for k in kinds.values()) / n_layers
+        cells = [_f(kinds[k]["seconds"] / n_layers, 2) if k in kinds else "–" for k in KIND_ORDER]
+        lines.append(f"| {r['key']} | {_f(per_layer, 1)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _details(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
@@ -396,6 +416,10 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
           "recorded for the rows run before the harness measured it). `params kept` is left blank for quantized rows "
           "(packed codes are not parameters: read bits/weight).", ""]
     L += ["## Time per stage (seconds)", ""] + _stage_table(rows) + [""]
+    L += ["### Compress time per decoder layer (seconds, one thread)", "",
+          "The method's own time per layer and per matrix kind (the modules' timers: "
+          "decomposition only; calibration and propagation are in the table above).", ""]
+    L += _compress_per_layer(rows) + [""]
     if others:
         L += ["## Rows run on other devices", ""] + _all_rows(others) + [""] + _stage_table(others) + [""]
     L += ["## Peer: llmcompressor GPTQ side by side", ""] + _peer(out_dir, (matrix.get("notes") or {}).get("_peer"))

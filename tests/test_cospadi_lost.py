@@ -13,7 +13,9 @@ from compressor.methods.cospadi import dictionary_cost, dictionary_size
 from compressor.modules import dictionary as dictionary_mod
 from compressor.modules.base import CompressedLinear
 from compressor.modules.channels import ChannelSparsePart
-from compressor.modules.dictionary import DictionaryPart
+from compressor.sparse_coding import ksvd
+from compressor.modules.dictionary import (DictionaryPart, support_bytes_per_row,
+                                           support_encoding)
 
 OUT, IN, TOKENS = 128, 64, 512
 
@@ -61,25 +63,47 @@ def _roundtrip(module: CompressedLinear, x: torch.Tensor):
 
 # --- parts ------------------------------------------------------------------------------
 
-def _dictionary_part(seed=0, k=10, s=3, out=7, inn=9):
+def _dictionary_part(seed=0, k=10, s=3, out=7, inn=9, encoding=None):
     g = torch.Generator().manual_seed(seed)
     D = torch.randn(inn, k, generator=g)
     idx = torch.stack([torch.randperm(k, generator=g)[:s] for _ in range(out)])
-    return DictionaryPart(D, torch.randn(out, s, generator=g), idx)
+    return DictionaryPart(D, torch.randn(out, s, generator=g), idx, encoding)
+
+
+def _dense_by_formula(D, values, idx):
+    """W row o = Σ_j values[o, j] · D[:, idx[o, j]], straight from the definition."""
+    return torch.stack([sum(values[o, j] * D[:, idx[o, j]] for j in range(idx.shape[1]))
+                        for o in range(idx.shape[0])])
 
 
 @pytest.mark.parametrize("shape", [(5, 9), (2, 4, 9)])
 @pytest.mark.parametrize("block_elems", [1 << 22, 25])   # one block / several row blocks
-def test_dictionary_part_forward_matches_dense(shape, block_elems, monkeypatch):
+@pytest.mark.parametrize("encoding", ["indices", "mask"])
+def test_dictionary_part_forward_matches_dense(shape, block_elems, encoding, monkeypatch):
     monkeypatch.setattr(dictionary_mod, "CODE_BLOCK_ELEMS", block_elems)
-    part = _dictionary_part()
-    assert part.indices.dtype == torch.int16
+    part = _dictionary_part(k=19, s=5, encoding=encoding)   # 19 atoms: a ragged last byte
+    ref = _dictionary_part(k=19, s=5, encoding="indices")
+    assert part.encoding == encoding
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(part(x), x @ part.dense().T, atol=1e-5)
-    # dense() is the stated formula: row o = sum_j values[o, j] * D[:, idx[o, j]]
-    o = 3
-    row = sum(part.values[o, j] * part.D[:, part.indices[o, j].long()] for j in range(3))
-    assert torch.allclose(part.dense()[o], row, atol=1e-6)
+    # dense() is the stated formula whichever way the support is stored
+    formula = _dense_by_formula(ref.D, ref.values, ref.indices.long())
+    assert torch.allclose(part.dense(), formula, atol=1e-5)
+
+
+def test_support_encoding_is_the_smaller_and_mask_bytes_are_exact():
+    # k/s = 2: a mask (k/8 bytes) beats int16 indices (2s bytes) 8 to 1
+    part = _dictionary_part(k=40, s=20, out=6)
+    assert part.encoding == "mask" and not hasattr(part, "indices")
+    assert part.mask.dtype == torch.uint8 and part.mask.shape == (6, 5)
+    assert int(dictionary_mod.unpack_support(part.mask, 40).sum()) == 6 * 20
+    assert support_bytes_per_row(40, 20, "mask") == 5
+    assert support_bytes_per_row(40, 20, "indices") == 40
+    # few non-zeros out of many atoms: indices are smaller
+    assert _dictionary_part(k=400, s=3, out=6).encoding == "indices"
+    assert support_encoding(400, 3) == "indices" and support_encoding(16, 1) == "indices"
+    with pytest.raises(ValueError, match="encoding"):
+        _dictionary_part(encoding="csr")
 
 
 @pytest.mark.parametrize("shape", [(5, 9), (2, 4, 9)])
@@ -96,8 +120,9 @@ def test_channel_part_forward_matches_dense(shape):
 def test_parts_roundtrip_through_spec_and_strict_state_dict():
     x = torch.randn(2, 3, 9)
     bias = torch.randn(7)
-    dict_layer = CompressedLinear(7, 9, [_dictionary_part()], bias)
-    _roundtrip(dict_layer, x)
+    for encoding in ("indices", "mask"):
+        dict_layer = CompressedLinear(7, 9, [_dictionary_part(encoding=encoding)], bias)
+        _roundtrip(dict_layer, x)
     chan = ChannelSparsePart(torch.tensor([0, 8]), torch.randn(7, 2), 9)
     _roundtrip(CompressedLinear(7, 9, [chan], None), x)
 
@@ -112,8 +137,11 @@ def test_dictionary_size_is_the_largest_that_fits(dtype):
     assert s == k // 2
     assert dictionary_cost(OUT, IN, k, s, vb) <= budget
     assert dictionary_cost(OUT, IN, k + 1, (k + 1) // 2, vb) > budget
-    # int16 indices cost 2/vb values each: 1 with fp16 values, 1/2 with fp32
-    assert dictionary_cost(OUT, IN, k, s, vb) == IN * k + OUT * s * (1 + 2 / vb)
+    # k/s = 2: the support is a bit mask of ⌈k/8⌉ bytes a row
+    assert dictionary_cost(OUT, IN, k, s, vb) == IN * k + OUT * (s + -(-k // 8) / vb)
+    # two non-zeros a row: int16 indices (2 bytes each) are cheaper than the mask
+    k2, s2 = dictionary_size(OUT, IN, 0.2, 2, vb)
+    assert dictionary_cost(OUT, IN, k2, s2, vb) == IN * k2 + OUT * s2 * (1 + 2 / vb)
 
 
 def test_dictionary_size_rejects_a_budget_without_room():
@@ -133,10 +161,10 @@ def test_cospadi_meets_budget_and_roundtrips(dtype):
     part = res.module.parts[0]
     assert isinstance(part, DictionaryPart) and len(res.module.parts) == 1
     assert part.D.dtype == dtype and part.values.dtype == dtype
-    assert part.indices.dtype == torch.int16
+    assert part.encoding == "mask" and part.mask.dtype == torch.uint8
     vb = torch.empty(0, dtype=dtype).element_size()
     assert part.stored_bytes() <= 0.8 * OUT * IN * vb
-    assert (part.indices.long() < part.atoms).all()
+    assert (dictionary_mod.unpack_support(part.mask, part.atoms).sum(1) == part.nnz).all()
     assert res.info["k"] == part.atoms and res.info["s"] == part.nnz
     assert {"final_rel_error", "rel_errors", "damp", "iters"} <= set(res.info)
     x = torch.randn(3, 5, IN)
@@ -159,9 +187,10 @@ def test_cospadi_beats_whitened_svd_on_union_of_subspaces():
     assert abs(rel - res.info["final_rel_error"]) < 0.05 * rel
 
 
-def test_cospadi_cannot_beat_whitened_svd_when_indices_cost_a_full_value():
-    # fp16 values + int16 indices at k/s = 2 leave k <= r atoms, so Ŵ = C·Dᵀ has rank
-    # <= r and whitened SVD, optimal at rank r in the damped output norm, must win there.
+def test_cospadi_cannot_beat_whitened_svd_with_no_more_atoms_than_its_rank():
+    # With int16 indices at k/s = 2 and fp16 values a non-zero costs a full value, so
+    # k <= r and Ŵ = C·Dᵀ has rank <= r: whitened SVD, optimal at rank r in the damped
+    # output norm, must win. This is why the support is stored as a bit mask when smaller.
     _, gram = _calibration()
     W = _union_of_subspaces()
     _, rank = _whitened_svd_error(W, gram, 0.2)
@@ -169,9 +198,16 @@ def test_cospadi_cannot_beat_whitened_svd_when_indices_cost_a_full_value():
     damped = L.double() @ L.double().T
     A, B = whitened_truncation(W, L, rank)
     method = get_method("cospadi")()
-    res = method.compress(_target(W, gram, dtype=torch.float16), method.Config(iters=3))
-    assert res.info["k"] <= rank
-    err = _output_error(W, res.module.dense_weight(), damped)
+    k = rank
+    target = _target(W, gram, dtype=torch.float16)
+    res = method.compress(target, method.Config(atoms_per_column=k // 2, ratio=0.2, iters=3))
+    assert res.info["k"] > rank                      # the mask leaves room for more atoms
+    Y = L.double().mT @ W.double().mT
+    Dw, idx, coef, _ = ksvd(Y, k, k // 2, 3, torch.Generator().manual_seed(0))
+    D = torch.linalg.solve_triangular(L.double().mT, Dw, upper=True)
+    W_hat = _dense_by_formula(D, coef, idx).double()
+    assert torch.linalg.matrix_rank(W_hat) <= rank
+    err = _output_error(W, W_hat, damped)
     assert err >= _output_error(W, B @ A, damped) * (1 - 1e-6)
 
 

@@ -151,9 +151,9 @@ def test_interrupt_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path, mo
     assert not (tmp_path / ".interrupted.resume").exists()
 
 
-def test_resume_with_other_recipe_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+def _interrupted_at_layer_1(recipe, monkeypatch) -> None:
+    """Run ``recipe`` with a Ctrl-C when layer 1 starts compressing (layer 0 checkpointed)."""
     import compressor.pipeline as pl
-    out = tmp_path / "o"
     real = pl.compress_linear
 
     def stop(name, layer_index, *a, **k):
@@ -163,8 +163,14 @@ def test_resume_with_other_recipe_is_refused(tiny_model_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(pl, "compress_linear", stop)
     with pytest.raises(KeyboardInterrupt):
-        compress(_recipe(tiny_model_dir, out, [{"method": "svd", "ratio": 0.3}]))
+        compress(recipe)
     monkeypatch.setattr(pl, "compress_linear", real)
+
+
+def test_resume_with_other_recipe_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    _interrupted_at_layer_1(_recipe(tiny_model_dir, out, [{"method": "svd", "ratio": 0.3}]),
+                            monkeypatch)
     with pytest.raises(UserError, match="different model, calibration data or recipe"):
         compress(_recipe(tiny_model_dir, out, [{"method": "svd", "ratio": 0.4}]), resume=True)
 
@@ -173,3 +179,42 @@ def test_rank_that_does_not_fit_is_a_clear_error(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="rank"):
         compress(_recipe(tiny_model_dir, tmp_path / "x", [{"method": "svd", "rank": 10_000}]))
     assert not (tmp_path / "x").exists()
+
+
+def test_storage_dtype_is_the_checkpoints_own_and_resume_keeps_it(tmp_path, monkeypatch,
+                                                                  tiny_model_dir):
+    """A bfloat16 checkpoint compressed on CPU (math in float32) is written in bfloat16:
+    factors and uncompressed tensors alike; the in-memory model evaluates the written values;
+    an interrupted run resumes to the same bytes."""
+    import shutil
+
+    from safetensors import safe_open
+
+    src = tmp_path / "bf16-model"
+    shutil.copytree(tiny_model_dir, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["dtype"] = "bfloat16"
+    cfg.pop("torch_dtype", None)
+    (src / "config.json").write_text(json.dumps(cfg))
+    stages = [{"method": "svd", "ratio": 0.3}]
+    res = compress(_recipe(src, tmp_path / "out", stages), keep_model=True)
+    assert res.report["dtype"] == "float32" and res.report["storage_dtype"] == "bfloat16"
+    with safe_open(str(res.output / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert set(dtypes.values()) == {torch.bfloat16}, set(dtypes.values())
+    saved = json.loads((res.output / "config.json").read_text())
+    assert saved["compression_config"]["dtype"] == "bfloat16" and saved["dtype"] == "bfloat16"
+    loaded = compressor.load(res.output, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(res.model(_ids()).logits, loaded(_ids()).logits)
+    # float32 storage asked for explicitly: twice the bytes of the factors
+    res32 = compress(_recipe(src, tmp_path / "out32", stages, storage_dtype="float32"))
+    b16 = res.report["totals"]["targets"]["bytes_after"]
+    assert res32.report["totals"]["targets"]["bytes_after"] == 2 * b16
+
+    out = tmp_path / "resumed"
+    _interrupted_at_layer_1(_recipe(src, out, stages), monkeypatch)
+    again = compress(_recipe(src, out, stages), resume=True)
+    assert again.report["resumed_layers"] == 1
+    h = lambda p: hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()  # noqa: E731
+    assert h(again.output) == h(res.output)

@@ -24,14 +24,15 @@ def _planted(d: int, k: int, n: int, s: int, seed: int):
     return D, X, D @ X.T
 
 
-def _naive_omp(D: torch.Tensor, y: torch.Tensor, s: int):
+def _naive_gomp(D: torch.Tensor, y: torch.Tensor, s: int, block: int):
+    """(Generalized) OMP from its definition: add the `block` most correlated atoms a step
+    (block=1: OMP)."""
     support: list[int] = []
     r = y.clone()
-    sol = None
-    for _ in range(s):
+    while len(support) < s:
         c = (D.T @ r).abs()
         c[support] = -1.0
-        support.append(int(c.argmax()))
+        support += torch.topk(c, min(block, s - len(support))).indices.tolist()
         sol = torch.linalg.lstsq(D[:, support], y[:, None]).solution[:, 0]
         r = y - D[:, support] @ sol
     return support, sol
@@ -44,15 +45,42 @@ def test_omp_recovers_planted_code_exactly():
     assert torch.allclose(dense_codes(idx, coef, 96), X, atol=1e-10)
 
 
-def test_omp_matches_reference_on_unstructured_signals():
-    g = torch.Generator().manual_seed(1)
-    D = _unit_dictionary(20, 40, g)
-    Y = torch.randn(20, 30, generator=g, dtype=torch.float64)
-    idx, coef = batch_omp(D, Y, 4)
-    for n in range(Y.shape[1]):
-        support, sol = _naive_omp(D, Y[:, n], 4)
-        assert idx[n].tolist() == support
-        assert torch.allclose(coef[n], sol, atol=1e-10)
+@pytest.mark.parametrize("block", [2, 3, 6])
+def test_generalized_omp_recovers_codes_over_an_orthonormal_dictionary(block):
+    # Orthonormal atoms: correlations are the coefficients, so any block picks true atoms.
+    g = torch.Generator().manual_seed(7)
+    D = torch.linalg.qr(torch.randn(32, 32, generator=g, dtype=torch.float64)).Q
+    idx0 = torch.stack([torch.randperm(32, generator=g)[:6] for _ in range(50)])
+    X = dense_codes(idx0, 0.5 + torch.rand(50, 6, generator=g, dtype=torch.float64), 32)
+    idx, coef = batch_omp(D, D @ X.T, 6, block=block)
+    assert torch.allclose(dense_codes(idx, coef, 32), X, atol=1e-10)
+
+
+@pytest.mark.parametrize("d,k,n,s,block,seed", [
+    (20, 40, 30, 4, 1, 1),                      # classic OMP
+    (24, 48, 40, 7, 2, 5), (24, 48, 40, 7, 3, 5), (24, 48, 40, 7, 5, 5),  # ragged last block
+])
+def test_omp_matches_reference_on_unstructured_signals(d, k, n, s, block, seed):
+    g = torch.Generator().manual_seed(seed)
+    D = _unit_dictionary(d, k, g)
+    Y = torch.randn(d, n, generator=g, dtype=torch.float64)
+    idx, coef = batch_omp(D, Y, s, block=block)
+    for j in range(n):
+        support, sol = _naive_gomp(D, Y[:, j], s, block)
+        # within a block the order is by correlation, as topk returns it
+        assert idx[j].tolist() == support
+        assert torch.allclose(coef[j], sol, atol=1e-9)
+
+
+def test_generalized_omp_with_dependent_atoms_in_one_block_stays_exact():
+    # d = 3, blocks of 4 atoms: every block after the third atom is dependent
+    g = torch.Generator().manual_seed(6)
+    D = _unit_dictionary(3, 10, g)
+    Y = torch.randn(3, 20, generator=g, dtype=torch.float64)
+    idx, coef = batch_omp(D, Y, 8, block=4)
+    assert torch.isfinite(coef).all()
+    assert all(len(set(row)) == 8 for row in idx.tolist())
+    assert torch.allclose(D @ dense_codes(idx, coef, 10).T, Y, atol=1e-9)
 
 
 def test_omp_chunking_does_not_change_the_result():
@@ -88,6 +116,29 @@ def test_ls_on_support_is_least_squares():
     for n in range(7):
         ref = torch.linalg.lstsq(D[:, idx[n]], Y[:, n:n + 1]).solution[:, 0]
         assert torch.allclose(coef[n], ref, atol=1e-9)
+
+
+def test_ls_on_support_with_a_float32_singular_gram_falls_back_to_float64(monkeypatch):
+    # atoms 0 and 1 differ by 1e-3: their Gram is near-singular in float32 (the Cholesky fails
+    # or the refinement stalls) but solvable in float64; the result must be the float64 fit
+    import compressor.sparse_coding as sc
+    g = torch.Generator().manual_seed(8)
+    D = _unit_dictionary(10, 6, g)
+    D[:, 1] = D[:, 0] + 1e-3 * torch.randn(10, generator=g, dtype=torch.float64)
+    D = D / D.norm(dim=0)
+    Y = torch.randn(10, 5, generator=g, dtype=torch.float64)
+    idx = torch.tensor([[0, 1, 2]] * 5)
+    calls = []
+    orig = sc._support_lstsq
+    monkeypatch.setattr(sc, "_support_lstsq", lambda *a: calls.append(1) or orig(*a))
+    coef = ls_on_support(D, Y, idx)
+    assert calls, "the float64 fallback was not used"
+    for n in range(5):
+        ref = torch.linalg.lstsq(D[:, idx[n]], Y[:, n:n + 1]).solution[:, 0]
+        # the fallback's relative 1e-10 ridge moves the fit by ~1e-5 here, no more
+        best = torch.linalg.vector_norm(Y[:, n] - D[:, idx[n]] @ ref)
+        got = torch.linalg.vector_norm(Y[:, n] - D[:, idx[n]] @ coef[n])
+        assert got <= best + 1e-8
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
