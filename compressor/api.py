@@ -20,6 +20,7 @@ from .accounting import model_footprint, totals, written_entries
 from .atomic import atomic_dir, check_output
 from .checkpoint import round_uncompressed, save_compressed
 from .errors import UserError
+from .gradients import GRAD_STATS
 from .models import resolve_storage_dtype
 from .pipeline import sequential_compress
 from .progress import NullProgress, ProgressSink
@@ -85,7 +86,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         windows = calibration_windows(tokenizer, cal.dataset, cal.nsamples, seqlen, cal.seed)
 
     grad_stats, grad_info = None, None
-    want = {s for s in needs if s in ("fisher", "grad_absmean")}
+    want = set(needs & GRAD_STATS)
     if want:
         with timer("gradients"):
             grad_stats, grad_info = _gradients(recipe, model, windows, target_names, want, device, progress)

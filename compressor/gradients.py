@@ -8,6 +8,8 @@ Scale. The loss of one sample is Hugging Face's next-token cross-entropy, a MEAN
 sample's ``seqlen - 1`` predicted tokens. With g_s = ∂(mean loss of sample s)/∂W:
 
     fisher       = Σ_s g_s²          (a sum over samples, not a mean; grows with n)
+    fisher_rows  = fisher summed over each row (out,), fisher_cols over each column (in,):
+                   all FWSVD needs, without an (out, in) buffer (26 GB for a 7B model)
     grad_absmean = (1/n) Σ_s |g_s|
 
 Memory stays bounded: batch 1, gradient checkpointing, only target weights require grad, and a
@@ -33,7 +35,7 @@ from torch import nn
 
 from .errors import UserError
 
-GRAD_STATS = frozenset({"fisher", "grad_absmean"})
+GRAD_STATS = frozenset({"fisher", "fisher_rows", "fisher_cols", "grad_absmean"})
 FP16_LOSS_SCALE = 2.0 ** 14  # keeps ~1e-8 gradients in fp16's normal range, ~1e-2 far from 65504
 FORMAT = "svdc-gradient-stats/1"
 
@@ -256,6 +258,15 @@ def _restore_attr(obj: Any, name: str, value: Any) -> None:
         obj.__dict__[name] = value
 
 
+def stat_shape(stat: str, weight_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of gradient statistic ``stat`` for a weight of ``weight_shape``."""
+    if stat == "fisher_rows":
+        return tuple(weight_shape[:1])
+    if stat == "fisher_cols":
+        return tuple(weight_shape[1:])
+    return tuple(weight_shape)
+
+
 def _install_hooks(stack: contextlib.ExitStack,
                    entries: Iterable[tuple[nn.Parameter, list[str]]], want: set[str],
                    loss_scale: float = 1.0) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, list[int]]]:
@@ -263,7 +274,8 @@ def _install_hooks(stack: contextlib.ExitStack,
     buffers: dict[int, dict[str, torch.Tensor]] = {}
     counts: dict[int, list[int]] = {}
     for p, _ in entries:
-        bufs = {s: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for s in want}
+        bufs = {s: torch.zeros(stat_shape(s, tuple(p.shape)), dtype=torch.float32,
+                               device=p.device) for s in want}
         buffers[id(p)] = bufs
         counts[id(p)] = [0]
         handle = p.register_post_accumulate_grad_hook(_accumulator(bufs, counts[id(p)], loss_scale))
@@ -279,6 +291,12 @@ def _accumulator(bufs: dict[str, torch.Tensor], count: list[int],
             g = g / loss_scale
         if "fisher" in bufs:
             bufs["fisher"].addcmul_(g, g)
+        if "fisher_rows" in bufs or "fisher_cols" in bufs:
+            g2 = g * g
+            if "fisher_rows" in bufs:
+                bufs["fisher_rows"].add_(g2.sum(dim=1))
+            if "fisher_cols" in bufs:
+                bufs["fisher_cols"].add_(g2.sum(dim=0))
         if "grad_absmean" in bufs:
             bufs["grad_absmean"].add_(g.abs())
         count[0] += 1
@@ -406,7 +424,7 @@ def _check_expected(path: Path, stats: Stats, meta: dict[str, Any],
         if isinstance(expected_names, Mapping):
             for name, shape in expected_names.items():
                 for stat, t in stats[name].items():
-                    if tuple(t.shape) != tuple(shape):
+                    if tuple(t.shape) != stat_shape(stat, tuple(shape)):
                         raise UserError(f"{path}: {name}::{stat} is {tuple(t.shape)}, the model's "
                                         f"weight is {tuple(shape)}; {fix}")
     for key, value in (expected_meta or {}).items():

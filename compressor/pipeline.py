@@ -186,6 +186,8 @@ def sequential_compress(
                     stats = LinearStats(ntokens=stats.ntokens, gram=stats.gram,
                                         act_absmean=stats.act_absmean,
                                         fisher=_dev(g.get("fisher"), device),
+                                        fisher_rows=_dev(g.get("fisher_rows"), device),
+                                        fisher_cols=_dev(g.get("fisher_cols"), device),
                                         grad_absmean=_dev(g.get("grad_absmean"), device))
                 module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
                                               device, seed, storage_dtype)

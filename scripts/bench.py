@@ -84,12 +84,13 @@ def run_dense(matrix: dict[str, Any], row: dict[str, Any], device: str) -> dict[
 def run_compressed(matrix: dict[str, Any], row: dict[str, Any], device: str, work: Path,
                    out_dir: Path) -> dict[str, Any]:
     from compressor.api import compress
+    from compressor.gradients import GRAD_STATS
     from compressor.recipe import dump_recipe, parse_recipe
     from compressor.stages import build_stage, stage_needs
     stages = parse_recipe({"stages": row["stages"]}, f"row {row['id']}").stages
     needs = stage_needs([build_stage(s["method"], {k: v for k, v in s.items() if k != "method"})
                          for s in stages])
-    grad = {n for n in needs if n in ("fisher", "grad_absmean")}
+    grad = set(needs & GRAD_STATS)
     fisher = grad_cache_file(work, grad, matrix) if grad else None
     grad_cached = bool(fisher and fisher.is_file())
     output = work / result_key(row["id"], device).replace("@", "-at-").replace(":", "")

@@ -80,6 +80,21 @@ def test_only_requested_stat(setup):
     assert rel_err(stats[TARGETS[0]]["fisher"], fisher[TARGETS[0]]) < 1e-5
 
 
+def test_fisher_row_and_column_sums_need_no_full_buffer(setup):
+    model, windows = setup
+    stats, info = gradient_stats(model, windows, TARGETS, {"fisher_rows", "fisher_cols"}, "cpu")
+    fisher, _ = brute_force(model, windows, TARGETS)
+    for n in TARGETS:
+        out_f, in_f = model.get_submodule(n).weight.shape
+        assert set(stats[n]) == {"fisher_rows", "fisher_cols"}
+        assert stats[n]["fisher_rows"].shape == (out_f,)
+        assert stats[n]["fisher_cols"].shape == (in_f,)
+        assert rel_err(stats[n]["fisher_rows"], fisher[n].sum(1)) < 1e-5
+        assert rel_err(stats[n]["fisher_cols"], fisher[n].sum(0)) < 1e-5
+    shapes = [model.get_submodule(n).weight.shape for n in TARGETS]
+    assert info["stat_buffers_bytes"] == sum(4 * (o + i) for o, i in shapes)
+
+
 def test_model_left_as_it_was(setup):
     model, windows = setup
     model.model.embed_tokens.weight.requires_grad_(False)  # a non-default flag must survive
@@ -136,7 +151,9 @@ def test_save_load_round_trip(tmp_path, setup):
     model, windows = setup
     g = torch.Generator().manual_seed(0)
     stats = {n: {"fisher": torch.rand(model.get_submodule(n).weight.shape, generator=g),
-                 "grad_absmean": torch.rand(model.get_submodule(n).weight.shape, generator=g)}
+                 "grad_absmean": torch.rand(model.get_submodule(n).weight.shape, generator=g),
+                 "fisher_rows": torch.rand(model.get_submodule(n).weight.shape[0], generator=g),
+                 "fisher_cols": torch.rand(model.get_submodule(n).weight.shape[1], generator=g)}
              for n in TARGETS}
     shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in TARGETS}
     meta = {"model": "tiny", "nsamples": 3, "seqlen": 16, "seed": 0,
@@ -147,7 +164,7 @@ def test_save_load_round_trip(tmp_path, setup):
     assert meta2 == meta
     assert set(loaded) == set(stats)
     for n in TARGETS:
-        for s in ("fisher", "grad_absmean"):
+        for s in ("fisher", "grad_absmean", "fisher_rows", "fisher_cols"):
             assert torch.equal(loaded[n][s], stats[n][s])
 
     with pytest.raises(UserError, match="another model"):

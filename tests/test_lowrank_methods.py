@@ -12,6 +12,11 @@ from compressor.modules.lowrank import DensePart, LowRankPart
 M, N = 48, 64
 
 
+
+def fisher_sums(F: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reduced Fisher statistics FWSVD takes, from a full (out, in) Fisher."""
+    return {"fisher_rows": F.sum(dim=1), "fisher_cols": F.sum(dim=0)}
+
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
@@ -88,7 +93,8 @@ def test_randomized_is_seeded_and_exact_on_low_rank(name):
     g = gen(3)
     w = torch.randn(M, 5, generator=g) @ torch.randn(5, N, generator=g)
     stats = calib_stats(w)
-    stats.fisher = torch.rand(M, N, generator=g)
+    F = torch.rand(M, N, generator=g)
+    stats.fisher_rows, stats.fisher_cols = F.sum(1), F.sum(0)
     outs = [run(name, make_target(w, stats=stats, seed=s), rank=5, svd_method="randomized")
             for s in (4, 4)]
     assert torch.equal(outs[0].module.parts[0].A, outs[1].module.parts[0].A)
@@ -143,7 +149,7 @@ def test_whitened_svd_dead_channel_no_nan():
 @pytest.mark.parametrize("axis", ["rows", "cols", "both"])
 def test_fwsvd_uniform_fisher_equals_svd(axis):
     w = torch.randn(M, N, generator=gen(8))
-    stats = LinearStats(ntokens=10, fisher=torch.full((M, N), 0.37))
+    stats = LinearStats(ntokens=10, **fisher_sums(torch.full((M, N), 0.37)))
     out = run("fwsvd", make_target(w, stats=stats), rank=9, axis=axis)
     assert torch.allclose(out.module.dense_weight(), svd_weight(w, 9), atol=1e-5)
     assert out.info["axis"] == axis and out.info["fisher_floored"] == 0
@@ -154,7 +160,7 @@ def test_fwsvd_weights_important_rows():
     fisher = torch.ones(M, N)
     fisher[:8] = 100.0                        # the first 8 output rows matter most
     fisher[20] = 0.0                          # a row with no gradient signal
-    out = run("fwsvd", make_target(w, stats=LinearStats(fisher=fisher)), rank=6)
+    out = run("fwsvd", make_target(w, stats=LinearStats(**fisher_sums(fisher))), rank=6)
     wf = out.module.dense_weight()
     assert out.info["fisher_floored"] == 1 and torch.isfinite(wf).all()
     err_fw = (w - wf)[:8].norm()
@@ -201,7 +207,7 @@ def test_welore_method_plans_and_keeps_n_lrc_dense():
 
 def test_allocation_welore_works_for_fwsvd():
     weights = lr_and_random()
-    fisher_stats = {k: LinearStats(fisher=torch.rand(*w.shape, generator=gen(11)))
+    fisher_stats = {k: LinearStats(**fisher_sums(torch.rand(*w.shape, generator=gen(11))))
                     for k, w in weights.items()}
     method = REGISTRY["fwsvd"]()
     cfg = method.Config(ratio=0.5, allocation="welore")
@@ -228,9 +234,10 @@ def test_methods_run_on_cuda(name):
     g = gen(12)
     w = (torch.randn(M, 8, generator=g) @ torch.randn(8, N, generator=g)).to(dev)  # exact rank
     cpu = calib_stats(w.cpu())
+    sums = fisher_sums(torch.rand(M, N, generator=gen(13)))
     stats = LinearStats(ntokens=cpu.ntokens, gram=cpu.gram.to(dev),
                         act_absmean=cpu.act_absmean.to(dev),
-                        fisher=torch.rand(M, N, generator=gen(13)).to(dev))
+                        **{k: v.to(dev) for k, v in sums.items()})
     target = Target(name="cuda.layer", layer_index=0, kind="layer", weight=w, bias=None,
                     stats=stats, generator=torch.Generator(device=dev).manual_seed(0),
                     dtype=torch.bfloat16, plan={})
@@ -239,6 +246,6 @@ def test_methods_run_on_cuda(name):
     assert part.A.device.type == "cuda" and part.A.dtype == torch.bfloat16
     assert torch.isfinite(out.module.dense_weight()).all()
     ref = run(name, make_target(w.cpu(), stats=cpu if name != "fwsvd" else
-                                LinearStats(fisher=stats.fisher.cpu())), rank=8)
+                                LinearStats(**sums)), rank=8)
     assert torch.allclose(out.module.dense_weight().cpu(), ref.module.dense_weight(),
                           atol=0.05 * float(w.abs().max()))  # bf16 factors

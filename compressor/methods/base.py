@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from ..modules.base import CompressedLinear
 
 # Statistic names a method may declare in ``needs``.
-STAT_NAMES = frozenset({"gram", "act_absmean", "fisher", "grad_absmean"})
+STAT_NAMES = frozenset({"gram", "act_absmean", "fisher", "fisher_rows", "fisher_cols",
+                        "grad_absmean"})
 
 
 class MethodConfig(BaseModel):
@@ -33,6 +34,8 @@ class LinearStats:
     gram: torch.Tensor | None = None          # (in, in)  sum over tokens of x xᵀ
     act_absmean: torch.Tensor | None = None   # (in,)     mean over tokens of |x|
     fisher: torch.Tensor | None = None        # (out, in) sum over samples of (dL/dW)²
+    fisher_rows: torch.Tensor | None = None   # (out,)    its row sums, without the (out, in)
+    fisher_cols: torch.Tensor | None = None   # (in,)     its column sums  buffer
     grad_absmean: torch.Tensor | None = None  # (out, in) mean over samples of |dL/dW|
 
 

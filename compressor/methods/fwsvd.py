@@ -24,17 +24,17 @@ class FWSVDConfig(LowRankConfig):
         "the paper: I·W), 'cols' (per input channel: W·I) or 'both' (I_r·W·I_c)."))
 
 
-def fisher_weights(fisher: torch.Tensor, axis: str
+def fisher_weights(row_sums: torch.Tensor, col_sums: torch.Tensor, axis: str
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    """(row weights, col weights, floored count): sqrt of Fisher sums, zeros floored."""
-    f = fisher.to(torch.float64)
+    """(row weights, col weights, floored count): sqrt of the Fisher row / column sums,
+    zeros floored."""
     rows = cols = None
     floored = 0
     if axis in ("rows", "both"):
-        rows, k = positive_weights(f.sum(dim=1).clamp_min(0).sqrt())
+        rows, k = positive_weights(row_sums.to(torch.float64).clamp_min(0).sqrt())
         floored += k
     if axis in ("cols", "both"):
-        cols, k = positive_weights(f.sum(dim=0).clamp_min(0).sqrt())
+        cols, k = positive_weights(col_sums.to(torch.float64).clamp_min(0).sqrt())
         floored += k
     return rows, cols, floored
 
@@ -44,12 +44,15 @@ class FWSVD(LowRankMethod):
     name = "fwsvd"
     summary = "Fisher-weighted SVD (Hsu et al. 2022): truncate I·W, I = sqrt of Fisher row sums."
     Config = FWSVDConfig
-    needs = frozenset({"fisher"})
+    # only the row and column sums of the Fisher: (out + in) floats a target, not (out, in)
+    needs = frozenset({"fisher_rows", "fisher_cols"})
 
     def factorize(self, target: Target, cfg: Any, rank: int
                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        fisher = require_stat(target, "fisher").to(target.weight.device)
-        rows, cols, floored = fisher_weights(fisher, cfg.axis)
+        dev = target.weight.device
+        rows, cols, floored = fisher_weights(require_stat(target, "fisher_rows").to(dev),
+                                             require_stat(target, "fisher_cols").to(dev),
+                                             cfg.axis)
         A, B = weighted_truncation_rows_cols(target.weight, rows, cols, rank=rank,
                                              generator=target.generator,
                                              method=cfg.svd_method)
