@@ -44,7 +44,8 @@ OMP_STEPS = 16
 class CoSpaDiConfig(MethodConfig):
     ratio: float = Field(0.2, ge=0.0, lt=1.0, description=(
         "Fraction of each target matrix's parameters removed (0.2 keeps 80%), counting the "
-        "dictionary, the code values and the code indices (at their byte size)."))
+        "dictionary, the code values and the code supports (bit masks or indices, "
+        "whichever is smaller, at their byte size)."))
     atoms_per_column: int | None = Field(None, ge=1, description=(
         "Non-zeros s per output channel's code. Default: k // 2 for the largest k that "
         "fits, the paper's k/s ≈ 2."))
