@@ -181,21 +181,37 @@ def test_rank_that_does_not_fit_is_a_clear_error(tiny_model_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def _bf16_copy(model_dir: Path, dest: Path) -> Path:
+    """The tiny model with a config that declares bfloat16 (its tensors stay float32)."""
+    import shutil
+    shutil.copytree(model_dir, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg["dtype"] = "bfloat16"
+    cfg.pop("torch_dtype", None)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_storage_dtype_keeps_quantization_scales_in_their_format(tmp_path, tiny_model_dir):
+    from safetensors import safe_open
+    src = _bf16_copy(tiny_model_dir, tmp_path / "bf16-model")
+    res = compress(_recipe(src, tmp_path / "rtn", [{"method": "rtn", "bits": 4, "group_size": 32}]))
+    with safe_open(str(res.output / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    scales = {v for k, v in dtypes.items() if k.endswith(".scale")}
+    assert scales == {torch.float16}                      # the quant format's own dtype
+    assert dtypes["model.norm.weight"] == torch.bfloat16  # uncompressed: the storage dtype
+    assert any(v == torch.uint8 for v in dtypes.values())
+
+
 def test_storage_dtype_is_the_checkpoints_own_and_resume_keeps_it(tmp_path, monkeypatch,
                                                                   tiny_model_dir):
     """A bfloat16 checkpoint compressed on CPU (math in float32) is written in bfloat16:
     factors and uncompressed tensors alike; the in-memory model evaluates the written values;
     an interrupted run resumes to the same bytes."""
-    import shutil
-
     from safetensors import safe_open
 
-    src = tmp_path / "bf16-model"
-    shutil.copytree(tiny_model_dir, src)
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["dtype"] = "bfloat16"
-    cfg.pop("torch_dtype", None)
-    (src / "config.json").write_text(json.dumps(cfg))
+    src = _bf16_copy(tiny_model_dir, tmp_path / "bf16-model")
     stages = [{"method": "svd", "ratio": 0.3}]
     res = compress(_recipe(src, tmp_path / "out", stages), keep_model=True)
     assert res.report["dtype"] == "float32" and res.report["storage_dtype"] == "bfloat16"
