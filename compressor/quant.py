@@ -124,8 +124,16 @@ def quantize_rtn(w: Tensor, bits: int, group_size: int = 128, sym: bool = False,
 
 def dequantize(q: UniformQ) -> Tensor:
     """float32 (out, in) weight from codes, scales and zeros (outliers not included)."""
-    gidx = group_index(q.codes.shape[1], q.group_size, q.codes.device)
-    return (q.codes.float() - q.zero.float()[:, gidx]) * q.scale.float()[:, gidx]
+    out_f, in_f = q.codes.shape
+    gl = _group_len(in_f, q.group_size)
+    full = in_f // gl                     # whole groups; a shorter last one is done apart
+    out = q.codes.float()                 # decoded in place, a group at a time by broadcast
+    zero, scale = q.zero.float(), q.scale.float()
+    head = out[:, :full * gl].view(out_f, full, gl)
+    head.sub_(zero[:, :full, None]).mul_(scale[:, :full, None])
+    if full * gl < in_f:
+        out[:, full * gl:].sub_(zero[:, full:]).mul_(scale[:, full:])
+    return out
 
 
 def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym: bool = False,
@@ -234,14 +242,21 @@ def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
     flat = packed.reshape(-1).to(torch.uint8)
     if bits == 8:
         return flat[:numel].clone()
+    if 8 % bits == 0:        # 1, 2, 4 bits: whole codes per byte, all in uint8
+        shifts = torch.arange(0, 8, bits, device=flat.device, dtype=torch.uint8)
+        return ((flat[:, None] >> shifts) & (2 ** bits - 1)).reshape(-1)[:numel]
     nwords = -(-numel // 8)
     need = nwords * bits
-    b = torch.cat([flat, flat.new_zeros(need - flat.numel())]).view(nwords, bits).to(torch.int64)
-    byte_shifts = torch.arange(bits, device=b.device, dtype=torch.int64) * 8
-    word = (b << byte_shifts).sum(1, keepdim=True)
-    shifts = torch.arange(8, device=b.device, dtype=torch.int64) * bits
-    out = ((word >> shifts) & (2 ** bits - 1)).to(torch.uint8).reshape(-1)
-    return out[:numel].clone()
+    # eight codes are `bits` bytes: one integer word each (int32 holds 3 bytes), built byte
+    # by byte (no (n, bits) wide temporary), split with one broadcast shift
+    wide = torch.int32 if bits <= 3 else torch.int64
+    b = torch.cat([flat, flat.new_zeros(need - flat.numel())]).view(nwords, bits)
+    word = b[:, 0].to(wide)
+    for j in range(1, bits):
+        word |= b[:, j].to(wide) << (8 * j)
+    shifts = torch.arange(8, device=b.device, dtype=wide) * bits
+    out = ((word[:, None] >> shifts) & (2 ** bits - 1)).to(torch.uint8).reshape(-1)
+    return out[:numel]
 
 
 # --------------------------------------------------------------------------------------
@@ -325,8 +340,13 @@ def dequantize_nf(q: NFQ) -> Tensor:
     """float32 weight (shape of ``q.codes``) from NF codes and the effective block absmax."""
     n = q.codes.numel()
     levels = nf_levels(q.bits, q.codes.device)
-    per = q.absmax.float().repeat_interleave(q.block_size)[:n]
-    return (levels[q.codes.reshape(-1).long()] * per).view(q.codes.shape)
+    w = levels[q.codes.reshape(-1).long()]
+    full = n // q.block_size              # whole blocks by broadcast; a shorter last one apart
+    absmax = q.absmax.float()
+    w[:full * q.block_size].view(full, q.block_size).mul_(absmax[:full, None])
+    if full * q.block_size < n:
+        w[full * q.block_size:].mul_(absmax[full])
+    return w.view(q.codes.shape)
 
 
 def nf_absmax_from_double_quant(codes: Tensor, scale: Tensor, offset: Tensor,

@@ -442,10 +442,13 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
         L += [f"- {m['method']} vs {', '.join(m['baselines'])}: {m['verdict']}. " + (notes.get(m["method"]) or "")
               for m in unjudged]
     L += ["", "## Not run here: the GPU rows", "",
-          "This machine has no GPU. On one (torch with CUDA, transformers, pyyaml, scipy and pydantic installed):", "",
+          "This machine has no GPU. The whole-pipeline timings of a 7B-shaped model on an H100 "
+          "(scripts/gpu_pipeline_7b.py) are in README.md, section \"7B-class speed on one GPU\". "
+          "To add this harness's rows on a GPU (torch with CUDA, transformers, pyyaml, scipy and "
+          "pydantic installed):", "",
           "```",
           "python scripts/bench_layer7b.py --device cuda          # all 7 linears, 8x2048 tokens, every method measured",
-          f"python scripts/bench.py --matrix {matrix_path} --out {rel_out}/ --device cuda --include-skipped  # rows stored as ID@cuda",
+          f"python scripts/bench.py --matrix {matrix_path} --out {rel_out}/ --device cuda  # rows stored as ID@cuda",
           "python scripts/bench_inference.py --device cuda",
           f"python scripts/bench.py --matrix {matrix_path} --out {rel_out}/ --report-only",
           "```", "",
