@@ -138,13 +138,15 @@ def dequantize(q: UniformQ) -> Tensor:
 
 def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym: bool = False,
                   percdamp: float = 0.01, blocksize: int = 128, act_order: bool = False,
-                  mask: Tensor | None = None, max_retries: int = 4) -> tuple[UniformQ, dict]:
+                  mask: Tensor | None = None, max_retries: int = 4,
+                  static_groups: bool = False) -> tuple[UniformQ, dict]:
     """GPTQ (Frantar et al. 2022): quantize columns one by one, pushing each column's error
     onto the not-yet-quantized columns through the inverse Hessian H = gram + damp·I.
 
-    Groups are computed on the current (updated) weights when a group starts; with
-    ``act_order`` columns go by descending diag(H) and groups are *static* (from the original
-    weights, in the original column order) so every group stays a contiguous range.
+    Groups are computed on the current (updated) weights when a group starts (the paper);
+    with ``static_groups`` they are computed once from the original weights (what
+    llm-compressor does); ``act_order`` (columns by descending diag(H)) implies static
+    groups, in the original column order, so every group stays a contiguous range.
     Dead columns (zero diagonal) are quantized plainly and propagate nothing. ``mask``
     entries are kept exactly (zero error, nothing propagated); see ``UniformQ.outliers``.
     """
@@ -164,9 +166,11 @@ def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym
     gidx = group_index(in_f, group_size, W.device)
     scale = W.new_ones(out_f, n_groups(in_f, group_size))
     zero = W.new_zeros(out_f, scale.shape[1])
-    if act_order:   # static groups, before any permutation or update
+    static_groups = static_groups or act_order
+    if static_groups:   # before any permutation or update
         static = quantize_rtn(W, bits, group_size, sym, excl)
         scale, zero = static.scale, static.zero
+    if act_order:
         perm = torch.argsort(torch.diagonal(H), descending=True)
         W, H, excl, gidx = W[:, perm], H[perm][:, perm], excl[:, perm], gidx[perm]
     cgroup = gidx.tolist()              # group of each (processed) column, host-side
@@ -190,7 +194,7 @@ def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym
         W1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros_like(W[:, i1:i2]), Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if not act_order and col % gl == 0:   # a new group starts: grid from current weights
+            if not static_groups and col % gl == 0:   # a group starts: grid from current weights
                 gend = min(col + gl, in_f)
                 ahead = W[:, i2:gend] - Err1[:, :i] @ Hinv[i1:col, i2:gend]   # pending lazy update
                 g = torch.cat([W1[:, i:], ahead], 1)[:, :gend - col]

@@ -202,6 +202,18 @@ def test_gptq_act_order_groups_static_and_contiguous() -> None:
     assert torch.equal(q.scale, static.scale) and torch.equal(q.zero, static.zero)
 
 
+def test_gptq_static_groups_use_the_original_grid_and_still_beat_rtn() -> None:
+    w = _randn(16, 64, seed=9)
+    gram = _correlated_gram(64, tokens=300)
+    q, _ = quant.gptq_quantize(w, gram, 3, 16, static_groups=True)
+    dynamic, _ = quant.gptq_quantize(w, gram, 3, 16)
+    static = quant.quantize_rtn(w, 3, 16)
+    assert torch.equal(q.scale, static.scale) and torch.equal(q.zero, static.zero)
+    assert not torch.equal(dynamic.scale, static.scale)       # the paper's way differs
+    rtn_err = _out_err(w, quant.dequantize(static), gram)
+    assert _out_err(w, quant.dequantize(q), gram) < 0.8 * rtn_err
+
+
 def test_gptq_dead_column_no_nan() -> None:
     w = _randn(16, 32, seed=9)
     x = _randn(200, 32, seed=10)

@@ -21,6 +21,9 @@ class GPTQConfig(RTNConfig):
     blocksize: int = Field(128, ge=1, description="columns per lazy-update block (speed only)")
     act_order: bool = Field(False, description="quantize columns by descending Hessian diagonal "
                                                "(static groups keep groups contiguous)")
+    static_groups: bool = Field(False, description=(
+        "compute every group's grid once from the original weights (llm-compressor's way) "
+        "instead of from the updated weights when the group starts (the paper's)"))
 
 
 @register
@@ -37,8 +40,10 @@ class GPTQ(Method):
             raise UserError(f"gptq needs calibration statistics (gram) for {target.name}; "
                             "run it with calibration data.")
         q, qinfo = quant.gptq_quantize(target.weight, gram, cfg.bits, cfg.group_size, cfg.sym,
-                                       cfg.percdamp, cfg.blocksize, cfg.act_order)
+                                       cfg.percdamp, cfg.blocksize, cfg.act_order,
+                                       static_groups=cfg.static_groups)
         out_f, in_f = target.weight.shape
         module = CompressedLinear(out_f, in_f, [UniformQuantPart.from_quant(q)], target.bias)
         return Compressed(module, {"bits": cfg.bits, "group_size": cfg.group_size,
-                                   "sym": cfg.sym, "act_order": cfg.act_order, **qinfo})
+                                   "sym": cfg.sym, "act_order": cfg.act_order,
+                                   "static_groups": cfg.static_groups, **qinfo})
