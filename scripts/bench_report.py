@@ -46,13 +46,17 @@ def series_name(row: dict[str, Any]) -> str:
 
 
 def budget_value(row: dict[str, Any]) -> tuple[str, float | None]:
-    """(what, value): params kept for the low-rank family, bits per weight for quantizers."""
+    """(what, value): size kept for the low-rank family, bits per weight for quantizers.
+
+    Size kept = bytes stored / original bytes, i.e. parameter-equivalents at the storage
+    dtype: it prices CoSpaDi's bit masks and LOST's int16 channel indices at their bytes,
+    which an element count (`params_kept`) would count as whole parameters."""
     t = (row.get("totals") or {}).get("targets")
     if not t:
         return ("", None)
     if row.get("family") == "quant":
         return ("bits/weight", t["bits_per_weight"])
-    return ("params kept", t["params_kept"])
+    return ("size kept", t["bytes_kept"])
 
 
 def compress_seconds(row: dict[str, Any]) -> float | None:
@@ -188,14 +192,14 @@ def _comparisons(matrix: dict[str, Any], rows: dict[str, dict[str, Any]]) -> tup
 
 
 def _all_rows(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| row | stages | budget | params kept | bits/weight | ppl | eval windows | compress s | wall s | peak RSS compress / with eval | status |",
+    lines = ["| row | stages | budget | size kept | bits/weight | ppl | eval windows | compress s | wall s | peak RSS compress / with eval | status |",
              "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
     for r in rows:
         t = (r.get("totals") or {}).get("targets") or {}
         ev = r.get("eval") or {}
         win = f"{ev.get('n_windows', '–')}/{ev.get('total_windows', '–')}" + (" partial" if ev.get("partial") else "")
         st = "ok" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error')}"
-        kept = None if r.get("family") == "quant" else t.get("params_kept")   # packed codes are not parameters
+        kept = None if r.get("family") == "quant" else budget_value(r)[1]   # packed codes are not parameters
         lines.append(f"| {r['key']} | {series_name(r)} | {r.get('budget') or ''} | {_f(kept)} | "
                      f"{_f(t.get('bits_per_weight'))} | {_f(r.get('ppl'), 2)} | {win} | {_f(compress_seconds(r), 0)} | "
                      f"{_f(r.get('wall_seconds'), 0)} | {_mib(r.get('peak_rss_compress_bytes'))} / {_mib(r.get('peak_rss_bytes'))} | {st} |")
@@ -387,8 +391,9 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
          f"{min(loads) if loads else '?'}–{max(loads) if loads else '?'} at row starts), so times are noisy and pessimistic.",
          "- Versions: " + ", ".join(f"{k} {v}" for k, v in (ok[0].get("versions", {}) if ok else {}).items()),
          "- Nothing was tuned on the test split: every method runs with its defaults except its budget.",
-         "- Budgets: `params kept` = stored elements of the target matrices / original ones (low-rank family, "
-         "ratio R keeps 1−R); `bits/weight` = 8 × bytes stored for the targets / original weights (codes, scales, "
+         "- Budgets: `size kept` = bytes stored for the target matrices / their original bytes, i.e. "
+         "parameter-equivalents at the storage dtype (low-rank family, ratio R keeps at most 1−R; index "
+         "tensors and CoSpaDi's bit masks count at their bytes); `bits/weight` = 8 × bytes stored for the targets / original weights (codes, scales, "
          "zeros, outliers and their indices, low-rank factors — counted from the written safetensors). "
          "Low-rank factors are stored in the model dtype, float32 here: a 16-bit model halves their cost.", ""]
     if dense_ppl:
@@ -413,7 +418,7 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
     L += ["## All rows", ""] + _all_rows(rows) + [""]
     L += ["`compress s` = data + gradients + plan + layer pass (model load, write and evaluation excluded); "
           "`wall s` = the whole row including evaluation; peak RSS is the row's own process (compress-only peak not "
-          "recorded for the rows run before the harness measured it). `params kept` is left blank for quantized rows "
+          "recorded for the rows run before the harness measured it). `size kept` is left blank for quantized rows "
           "(packed codes are not parameters: read bits/weight).", ""]
     L += ["## Time per stage (seconds)", ""] + _stage_table(rows) + [""]
     L += ["### Compress time per decoder layer (seconds, one thread)", "",

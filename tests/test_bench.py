@@ -20,7 +20,7 @@ from bench_report import verdict  # noqa: E402
 
 def _row(rid, ppl, kept, family="lowrank", status="ok"):
     return {"id": rid, "status": status, "ppl": ppl, "family": family,
-            "totals": {"targets": {"params_kept": kept, "bits_per_weight": kept}}}
+            "totals": {"targets": {"bytes_kept": kept, "bits_per_weight": kept}}}
 
 
 def test_verdict_is_computed_from_the_numbers():
