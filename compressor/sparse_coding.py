@@ -120,7 +120,8 @@ def _refined(G: torch.Tensor, A: torch.Tensor, idx: torch.Tensor, c: torch.Tenso
     a float64 Cholesky's O(s³). The residual is one GEMM, (c scattered onto the atoms)·G,
     not a gather of each support's Gram. Signals whose refined residual is still large
     (a support too ill-conditioned for float32) or not finite fall back to
-    ``_support_lstsq``. (OMP's inert slots come in as 0 and stay 0.)
+    ``_support_lstsq``. (OMP's inert slots come in as 0; refinement moves them only by
+    their residual correlation, ~0 since such an atom lies in the span of the others.)
     """
     n, k = A.shape
     b = A.gather(1, idx)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..quant import pack_bits, unpack_bits
 from ..sparse_coding import index_dtype
 from .base import Part, register_part
 
@@ -41,19 +42,18 @@ def support_encoding(atoms: int, nnz: int) -> str:
 
 
 def pack_support(indices: torch.Tensor, atoms: int) -> torch.Tensor:
-    """(out, s) distinct atom indices → (out, ⌈k/8⌉) uint8 bit mask."""
-    bits = torch.zeros(indices.shape[0], math.ceil(atoms / 8) * 8, dtype=torch.uint8,
-                       device=indices.device)
+    """(out, s) distinct atom indices → (out, ⌈k/8⌉) uint8 bit mask: each row padded to
+    whole bytes (so rows can be sliced), packed as the 1-bit stream of ``quant.pack_bits``."""
+    rows, nbytes = indices.shape[0], math.ceil(atoms / 8)
+    bits = torch.zeros(rows, nbytes * 8, dtype=torch.uint8, device=indices.device)
     bits.scatter_(1, indices.long(), 1)
-    weights = (2 ** torch.arange(8, device=indices.device)).to(torch.uint8)
-    return (bits.view(indices.shape[0], -1, 8) * weights).sum(-1, dtype=torch.uint8)
+    return pack_bits(bits, 1).view(rows, nbytes)
 
 
 def unpack_support(mask: torch.Tensor, atoms: int) -> torch.Tensor:
     """(rows, ⌈k/8⌉) uint8 → (rows, k) bool."""
-    shifts = torch.arange(8, device=mask.device, dtype=torch.uint8)
-    bits = (mask[..., None] >> shifts) & 1
-    return bits.reshape(mask.shape[0], -1)[:, :atoms].bool()
+    rows, nbytes = mask.shape
+    return unpack_bits(mask, 1, rows * nbytes * 8).view(rows, -1)[:, :atoms].bool()
 
 
 @register_part
