@@ -5,5 +5,5 @@ __version__ = "0.1.0"
 
 def load(path, device="cpu", dtype=None):
     """Load a compressed checkpoint folder written by ``svdc compress`` (see checkpoint.py)."""
-    from .checkpoint import load_compressed
+    from compressor.checkpoint import load_compressed
     return load_compressed(path, device=device, dtype=dtype)

@@ -15,20 +15,20 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .accounting import model_footprint, totals, written_entries
-from .atomic import atomic_dir, check_output
-from .checkpoint import round_uncompressed, save_compressed
-from .errors import UserError
-from .gradients import GRAD_STATS
-from .models import resolve_storage_dtype
-from .pipeline import sequential_compress
-from .progress import NullProgress, ProgressSink
-from .recipe import Recipe, dump_recipe
-from .report import write_report
-from .resume import LayerCheckpoints, fingerprint, resume_dir_for
-from .runtime import StageTimer, machine, peak_memory, versions
-from .stages import build_stage, stage_needs
+from compressor import __version__
+from compressor.accounting import model_footprint, totals, written_entries
+from compressor.atomic import atomic_dir, check_output
+from compressor.checkpoint import round_uncompressed, save_compressed
+from compressor.errors import UserError
+from compressor.core.gradients import GRAD_STATS
+from compressor.models import resolve_storage_dtype
+from compressor.core.pipeline import sequential_compress
+from compressor.progress import NullProgress, ProgressSink
+from compressor.recipe import Recipe, dump_recipe
+from compressor.report import write_report
+from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
+from compressor.runtime import StageTimer, machine, peak_memory, versions
+from compressor.core.stages import Stage, stage_needs
 
 log = logging.getLogger("svdc")
 
@@ -43,8 +43,8 @@ class CompressResult:
 def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
              progress: ProgressSink | None = None, command: str = "",
              keep_model: bool = False) -> CompressResult:
-    from .data import calibration_windows
-    from .models import decoder_layers, linear_kind, load_model, resolve_device, target_linears
+    from compressor.data import calibration_windows
+    from compressor.models import decoder_layers, linear_kind, load_model, resolve_device, target_linears
 
     progress = progress or NullProgress()
     if not recipe.model:
@@ -57,7 +57,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer = StageTimer()
-    stages = [build_stage(s["method"], {k: v for k, v in s.items() if k != "method"}) for s in recipe.stages]
+    stages = [Stage.of(cfg) for cfg in recipe.stages]
     needs = stage_needs(stages)
     if stages[0].method.uses_previous:
         raise UserError(f"{stages[0].name} compensates an earlier stage; put a base stage before it "
@@ -157,7 +157,7 @@ class DeviceWeights(Mapping):
 def _gradients(recipe, model, windows, target_names, want, device, progress):
     """Fisher / |grad| of the targets: loaded from --fisher-file when it matches, else computed
     (and saved there). The file is keyed by the windows and target shapes it was made from."""
-    from .gradients import gradient_fingerprint, gradient_stats, load_gradient_stats, save_gradient_stats
+    from compressor.core.gradients import gradient_fingerprint, gradient_stats, load_gradient_stats, save_gradient_stats
 
     g = recipe.gradients
     n = min(g.nsamples or windows.shape[0], windows.shape[0])
@@ -182,7 +182,7 @@ def _gradients(recipe, model, windows, target_names, want, device, progress):
 
 
 def evaluate_all(model, tokenizer, recipe: Recipe, calib_seqlen: int, device, progress) -> list[dict[str, Any]]:
-    from .evaluate import evaluate
+    from compressor.evaluate import evaluate
 
     ev = recipe.eval
     assert ev is not None

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from compressor.errors import UserError
 
 
 def check_output(target: Path, force: bool) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from compressor.errors import UserError
 
 HUB_SOURCES = ("wikitext2", "c4")
 NAMED_SOURCES = ("builtin", *HUB_SOURCES)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .data import eval_windows
-from .errors import UserError
+from compressor.data import eval_windows
+from compressor.errors import UserError
 
 Progress = Callable[[int, int], None]
 _CE_CHUNK = 1024      # positions per cross-entropy call: bounds the fp32 copy of the logits

@@ -84,18 +84,18 @@ def run_dense(matrix: dict[str, Any], row: dict[str, Any], device: str) -> dict[
 def run_compressed(matrix: dict[str, Any], row: dict[str, Any], device: str, work: Path,
                    out_dir: Path) -> dict[str, Any]:
     from compressor.api import compress
-    from compressor.gradients import GRAD_STATS
+    from compressor.core.gradients import GRAD_STATS
+    from compressor.core.stages import Stage, stage_needs
     from compressor.recipe import dump_recipe, parse_recipe
-    from compressor.stages import build_stage, stage_needs
-    stages = parse_recipe({"stages": row["stages"]}, f"row {row['id']}").stages
-    needs = stage_needs([build_stage(s["method"], {k: v for k, v in s.items() if k != "method"})
-                         for s in stages])
+    output = work / result_key(row["id"], device).replace("@", "-at-").replace(":", "")
+    recipe = parse_recipe(recipe_dict(matrix, row, output, device, None), f"row {row['id']}")
+    needs = stage_needs([Stage.of(cfg) for cfg in recipe.stages])
     grad = set(needs & GRAD_STATS)
     fisher = grad_cache_file(work, grad, matrix) if grad else None
     grad_cached = bool(fisher and fisher.is_file())
-    output = work / result_key(row["id"], device).replace("@", "-at-").replace(":", "")
-    recipe = parse_recipe(recipe_dict(matrix, row, output, device, fisher), f"row {row['id']}")
-    cmd = svdc_command(matrix, row, recipe.stages, rel(output), device, rel(fisher) if fisher else None)
+    if fisher is not None:
+        recipe.gradients.fisher_file = str(fisher)
+    cmd = svdc_command(matrix, row, [c.model_dump(mode="json") for c in recipe.stages], rel(output), device, rel(fisher) if fisher else None)
     if cmd.startswith("svdc run "):
         rdir = out_dir / "recipes"
         rdir.mkdir(parents=True, exist_ok=True)

@@ -152,15 +152,15 @@ def peak_rss_bytes() -> int:
 # ----------------------------------------------------------------------------- commands
 
 def _defaults(method: str) -> dict[str, Any]:
-    from compressor.recipe import resolve_stage
-    return resolve_stage({"method": method})
+    from compressor.core.registry import get_method
+    return get_method(method).Config().model_dump(mode="json")
 
 
 def _stage_flags(stages: list[dict[str, Any]], declared: list[dict[str, Any]]
                  ) -> tuple[str, str | None, dict[str, Any]]:
     """(method, base, params): the flags `svdc compress` would need for these stages; keys the
     row declared (its budget) are always spelled out, other keys only where not the default."""
-    from compressor.methods import get_method
+    from compressor.core.registry import get_method
     if len(stages) == 1:
         method, base = stages[0]["method"], None
     elif len(stages) == 2 and get_method(stages[1]["method"]).uses_previous:
@@ -190,12 +190,12 @@ def svdc_command(matrix: dict[str, Any], row: dict[str, Any], resolved: list[dic
                  output: str, device: str, fisher_file: str | None) -> str:
     """The `svdc compress ...` line equivalent to this row, checked by a round trip through
     the CLI's own flag parser; falls back to `svdc run <recipe>` when flags cannot say it."""
-    from compressor.flags import stages_from_flags
-    from compressor.recipe import resolve_stage
+    from compressor.recipe import parse_recipe, stages_from_flags
     c, ev = matrix["calibration"], matrix["eval"]
     try:
         method, base, params = _stage_flags(resolved, row["stages"])
-        again = [resolve_stage(s, i) for i, s in enumerate(stages_from_flags(method, base, dict(params)))]
+        again = [cfg.model_dump(mode="json") for cfg in
+                 parse_recipe({"stages": stages_from_flags(method, base, dict(params))}).stages]
         if again != resolved or (ev["seqlen"] or c["seqlen"]) != c["seqlen"]:
             raise ValueError("round trip differs")
     except Exception:  # noqa: BLE001 - anything the flags cannot express goes through a recipe

@@ -43,7 +43,7 @@ def param_bytes(model) -> int:
 def part_types(model) -> str:
     from collections import Counter
 
-    from compressor.modules.base import CompressedLinear
+    from compressor.parts.base import CompressedLinear
     c = Counter(" + ".join(p.type_name for p in m.parts) for m in model.modules() if isinstance(m, CompressedLinear))
     return ", ".join(f"{k} ×{v}" for k, v in c.most_common()) or "nn.Linear"
 
@@ -53,17 +53,17 @@ def build_sparse(model_spec: str, sparsity: float):
     `svdc compress --method prune --sparsity S` writes; magnitude scores need no data)."""
     import torch
 
-    from compressor import quant
+    from compressor.primitives.masks import magnitude_mask
     from compressor.models import decoder_layers, load_model, target_linears
-    from compressor.modules.base import CompressedLinear
-    from compressor.modules.sparse import SparsePart
-    from compressor.pipeline import set_submodule
+    from compressor.parts.base import CompressedLinear
+    from compressor.parts.sparse import SparsePart
+    from compressor.core.pipeline import set_submodule
     model, tok, _ = load_model(model_spec, dtype="float32")
     _, layers = decoder_layers(model)
     for layer in layers:
         for rel_name, lin in target_linears(layer).items():
             w = lin.weight.detach().float()
-            part = SparsePart.from_dense(w, quant.magnitude_mask(w, sparsity), torch.float32)
+            part = SparsePart.from_dense(w, magnitude_mask(w, sparsity), torch.float32)
             set_submodule(layer, rel_name, CompressedLinear(w.shape[0], w.shape[1], [part], lin.bias))
     return model, tok
 

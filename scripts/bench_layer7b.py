@@ -81,8 +81,8 @@ def build_layer(hidden: int, inter: int, heads: int, device, seed: int):
 
 def target_for(name: str, linear, stats, device, seed: int):
     import torch
-    from compressor.methods.base import Target
-    from compressor.pipeline import module_generator
+    from compressor.core.types import Target
+    from compressor.core.pipeline import module_generator
     return Target(name=name, layer_index=0, kind=name, weight=linear.weight.detach().float(), bias=None,
                   stats=stats, generator=module_generator(seed, name, device), dtype=torch.float32)
 
@@ -91,7 +91,7 @@ def target_for(name: str, linear, stats, device, seed: int):
 
 def run_methods(name: str, linear, stats, args, device, methods: list[str]) -> dict[str, dict[str, Any]]:
     """Real method calls (the code the pipeline runs) for the methods asked to be measured."""
-    from compressor.methods import REGISTRY
+    from compressor.core.registry import REGISTRY
     out: dict[str, dict[str, Any]] = {}
     gptq_module = None
     for meth in methods:
@@ -120,7 +120,7 @@ def run_methods(name: str, linear, stats, args, device, methods: list[str]) -> d
         target = target_for(name, linear, stats, device, args.seed)
         try:
             if meth == "welore":
-                from compressor.linalg import singular_values
+                from compressor.primitives.linalg import singular_values
                 sec, _ = timed(lambda: singular_values(target.weight), device)
                 out[meth] = {"seconds": sec, "how": "measured", "what": "svdvals (the spectrum WeLore's plan reads)"}
                 continue
@@ -142,7 +142,7 @@ def run_methods(name: str, linear, stats, args, device, methods: list[str]) -> d
 def primitives(w, gram, args, device) -> dict[str, Any]:
     """The decomposition choices, timed, with their accuracy cost on this weight / Gram."""
     import torch
-    from compressor.linalg import rank_from_ratio, truncated_svd, whitening
+    from compressor.primitives.linalg import rank_from_ratio, truncated_svd, whitening
     m, n = w.shape
     k = rank_from_ratio(m, n, args.ratio)
     g = torch.Generator(device=device).manual_seed(args.seed)
@@ -191,7 +191,7 @@ def real_weight_accuracy(spec: str, ratio: float, small: int, seed: int) -> dict
     import torch
     from safetensors import safe_open
 
-    from compressor.linalg import rank_from_ratio, truncated_svd
+    from compressor.primitives.linalg import rank_from_ratio, truncated_svd
     from compressor.models import default_cache_dir, resolve_model
     if not (default_cache_dir() / "models" / spec).is_dir() and not Path(spec).is_dir():
         return {"status": f"skipped: {spec} is not cached on this machine (no download attempted)"}
@@ -284,8 +284,8 @@ def main() -> int:
         ["gptq", "lqlora"] if cpu else ["svd", "whitened-svd", "gptq", "eora", "lqlora", "welore", "cospadi"])
     args.lqlora_iters = args.lqlora_iters or (3 if cpu else 20)
     args.lqlora_svd = args.lqlora_svd or "randomized"   # rank 64: +0.3% error, far cheaper (see choices)
-    from compressor.layer_io import run_layer
-    from compressor.stats import LayerStatsCollector
+    from compressor.core.layer_io import run_layer
+    from compressor.core.stats import LayerStatsCollector
     t_all = time.perf_counter()
     args.deadline = t_all + args.max_seconds
 

@@ -60,7 +60,7 @@ def test_compress_and_reload(build, tiny_model_dir, tmp_path):
 def test_layer_by_layer_replay_equals_the_full_forward(build):
     """Captured layer-0 inputs + each layer's own kwargs (masks, rotary) reproduce the model's
     hidden states exactly: the sequential pass feeds every layer what the model would."""
-    from compressor.layer_io import capture_inputs, run_layer
+    from compressor.core.layer_io import capture_inputs, run_layer
     from compressor.models import decoder_layers
     torch.manual_seed(0)
     model = build(200).eval()

@@ -81,7 +81,7 @@ def test_rows_results_and_markdown(bench_run):
 
 
 def test_command_is_the_equivalent_cli_line(bench_run):
-    from compressor.flags import stages_from_flags
+    from compressor.recipe.router import stages_from_flags
     _, out, _ = bench_run
     row = json.loads((out / "results.json").read_text())["rows"]["wsvd-r0.5"]
     argv = shlex.split(row["command"])

@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.errors import UserError
-from compressor.linalg import lowrank_factors, truncated_svd, whitened_truncation, whitening
-from compressor.methods import get_method
-from compressor.methods.base import LinearStats, Target
-from compressor.methods.cospadi import dictionary_cost, dictionary_size
-from compressor.modules import dictionary as dictionary_mod
-from compressor.modules.base import CompressedLinear
-from compressor.modules.channels import ChannelSparsePart
-from compressor.sparse_coding import ksvd
-from compressor.modules.dictionary import (DictionaryPart, support_bytes_per_row,
-                                           support_encoding)
+from compressor.errors import MissingStatistic, UserError
+from compressor.primitives.linalg import lowrank_factors, truncated_svd, whitened_truncation, whitening
+from compressor.core.registry import get_method
+from compressor.core.types import LinearStats, Target
+from compressor.methods.cospadi.sizing import dictionary_cost, dictionary_size
+from compressor.parts import dictionary as dictionary_mod
+from compressor.parts.base import CompressedLinear
+from compressor.parts.channels import ChannelSparsePart
+from compressor.primitives.sparse_coding import ksvd
+from compressor.parts.dictionary import DictionaryPart, support_bytes_per_row, support_encoding
 
 OUT, IN, TOKENS = 128, 64, 512
 
@@ -235,7 +234,7 @@ def test_cospadi_is_deterministic():
 def test_cospadi_needs_gram():
     method = get_method("cospadi")()
     assert method.needs == frozenset({"gram"})
-    with pytest.raises(ValueError):
+    with pytest.raises(MissingStatistic, match="'gram'"):
         method.compress(_target(torch.randn(OUT, IN)), method.Config())
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from compressor.data import calibration_windows
-from compressor.linalg import whitened_truncation, whitening
-from compressor.methods import get_method
-from compressor.methods.base import LinearStats, Target
+from compressor.primitives.linalg import whitened_truncation, whitening
+from compressor.core.registry import get_method
+from compressor.core.types import LinearStats, Target
 from compressor.models import load_model
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor import data
+import compressor.data as data
 from compressor.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

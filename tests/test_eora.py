@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor import eora, quant
+import compressor.methods.eora.factors as eora
+from compressor.primitives.grids import dequantize, quantize_rtn
 from compressor.errors import UserError
-from compressor.methods import get_method
-from compressor.methods.base import LinearStats, Target
-from compressor.modules.base import CompressedLinear
-from compressor.modules.lowrank import LowRankPart
-from compressor.modules.qlowrank import QuantLowRankPart
+from compressor.core.registry import get_method
+from compressor.core.types import LinearStats, Target
+from compressor.parts.base import CompressedLinear
+from compressor.parts.lowrank import LowRankPart
+from compressor.parts.qlowrank import QuantLowRankPart
 
 M, N = 24, 40
 
@@ -31,7 +32,7 @@ def _correlated_gram(n: int, tokens: int, seed: int) -> torch.Tensor:
 
 def _delta(seed: int = 1) -> torch.Tensor:
     w = torch.randn(M, N, generator=_gen(seed))
-    return w - quant.dequantize(quant.quantize_rtn(w, 2, group_size=8))
+    return w - dequantize(quantize_rtn(w, 2, group_size=8))
 
 
 def test_full_rank_recovers_delta_in_whitened_metric():
@@ -99,7 +100,7 @@ def test_quant_lowrank_part_roundtrip_strict():
     a, b = torch.randn(6, N, generator=g), torch.randn(M, 6, generator=g)
     qa, qb = eora.quantize_factors(a, b, bits=4, group_size=16)
     part = QuantLowRankPart.from_quant(qa, qb)
-    assert torch.allclose(part.dense(), quant.dequantize(qb) @ quant.dequantize(qa))
+    assert torch.allclose(part.dense(), dequantize(qb) @ dequantize(qa))
     x = torch.randn(3, N, generator=g)
     assert torch.allclose(part(x), x @ part.dense().T, atol=1e-4)
     empty = QuantLowRankPart.from_spec(part.spec(), torch.float16)

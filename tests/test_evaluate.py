@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compressor import data
+import compressor.data as data
 from compressor.errors import UserError
 from compressor.evaluate import evaluate, perplexity
 

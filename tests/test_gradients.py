@@ -7,8 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from compressor.errors import UserError
-from compressor.gradients import (gradient_fingerprint, gradient_stats, load_gradient_stats,
-                                  save_gradient_stats)
+from compressor.core.gradients import gradient_fingerprint, gradient_stats, load_gradient_stats, save_gradient_stats
 
 TARGETS = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj",
            "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.gate_proj"]
@@ -202,7 +201,7 @@ def test_fp16_model_gradients_do_not_underflow():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from compressor.gradients import gradient_stats
+    from compressor.core.gradients import gradient_stats
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)

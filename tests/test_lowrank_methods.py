@@ -5,9 +5,10 @@ import torch
 from pydantic import ValidationError
 
 from compressor.errors import UserError
-from compressor.linalg import lowrank_factors, truncated_svd
-from compressor.methods import REGISTRY, LinearStats, Target
-from compressor.modules.lowrank import DensePart, LowRankPart
+from compressor.primitives.linalg import lowrank_factors, truncated_svd
+from compressor.core.registry import REGISTRY
+from compressor.core.types import LinearStats, Target
+from compressor.parts.lowrank import DensePart, LowRankPart
 
 M, N = 48, 64
 

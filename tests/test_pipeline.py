@@ -124,7 +124,7 @@ def test_missing_key_is_refused(svd_run, tmp_path):
 
 def test_interrupt_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path, monkeypatch, svd_run):
     """Ctrl-C after layer 0 leaves no output folder; --resume finishes with the same bytes."""
-    import compressor.pipeline as pl
+    import compressor.core.pipeline as pl
     out = tmp_path / "interrupted"
     real = pl.compress_linear
     calls = {"n": 0}
@@ -153,7 +153,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path, mo
 
 def _interrupted_at_layer_1(recipe, monkeypatch) -> None:
     """Run ``recipe`` with a Ctrl-C when layer 1 starts compressing (layer 0 checkpointed)."""
-    import compressor.pipeline as pl
+    import compressor.core.pipeline as pl
     real = pl.compress_linear
 
     def stop(name, layer_index, *a, **k):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor import quant
+from compressor.primitives.grids import dequantize, dequantize_nf, n_groups, quantize_nf, quantize_rtn
+from compressor.methods.gptq.solver import gptq_quantize
+from compressor.primitives.masks import magnitude_mask, n_m_mask
 from compressor.errors import UserError
-from compressor.methods import LinearStats, Target, get_method
-from compressor.modules import PART_TYPES, CompressedLinear
-from compressor.modules.quantized import NFQuantPart, UniformQuantPart
-from compressor.modules.sparse import SparsePart
+from compressor.core.types import LinearStats, Target
+from compressor.core.registry import get_method
+from compressor.parts import PART_TYPES, CompressedLinear
+from compressor.parts.quantized import NFQuantPart, UniformQuantPart
+from compressor.parts.sparse import SparsePart
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -45,24 +48,24 @@ def _gram(n: int, seed: int = 1) -> torch.Tensor:
                                          (8, 128, True)])
 def test_uniform_part_round_trip(bits: int, gs: int, sym: bool) -> None:
     w = _randn(24, 100)                                  # 100 % 32 != 0: ragged groups
-    q = quant.quantize_rtn(w, bits, gs, sym)
+    q = quantize_rtn(w, bits, gs, sym)
     part = UniformQuantPart.from_quant(q)
     sd = part.state_dict()
     assert sd["qcodes"].dtype == torch.uint8 and sd["qcodes"].numel() == -(-24 * 100 * bits // 8)
     assert sd["scale"].dtype == torch.float16
-    assert sd["scale"].shape == (24, quant.n_groups(100, gs))
+    assert sd["scale"].shape == (24, n_groups(100, gs))
     assert ("zero" in sd) == (not sym)
     if not sym:
         assert sd["zero"].dtype == torch.uint8
-    assert torch.equal(part.dense(), quant.dequantize(q))
+    assert torch.equal(part.dense(), dequantize(q))
     x = _randn(2, 5, 100, seed=3)
-    assert torch.allclose(part(x), x @ quant.dequantize(q).T, atol=1e-4)
+    assert torch.allclose(part(x), x @ dequantize(q).T, atol=1e-4)
     again = _reload(part)
     assert torch.equal(again(x), part(x))
 
 
 def test_uniform_part_forward_keeps_input_dtype() -> None:
-    part = UniformQuantPart.from_quant(quant.quantize_rtn(_randn(8, 16), 4, 8))
+    part = UniformQuantPart.from_quant(quantize_rtn(_randn(8, 16), 4, 8))
     assert part(_randn(3, 16).to(torch.bfloat16)).dtype == torch.bfloat16
 
 
@@ -71,7 +74,7 @@ def test_uniform_part_forward_keeps_input_dtype() -> None:
                                         (4, 64, True)])
 def test_nf_part_round_trip(bits: int, bs: int, dq: bool) -> None:
     w = _randn(20, 50)                                   # 1000 entries: ragged last block
-    q = quant.quantize_nf(w, bits, bs, double_quant=dq)
+    q = quantize_nf(w, bits, bs, double_quant=dq)
     part = NFQuantPart.from_quant(q)
     sd = part.state_dict()
     nblocks = -(-1000 // bs)
@@ -80,7 +83,7 @@ def test_nf_part_round_trip(bits: int, bs: int, dq: bool) -> None:
         assert sd["absmax_codes"].dtype == torch.int8 and sd["absmax_codes"].numel() == nblocks
     else:
         assert set(sd) == {"qcodes", "absmax"} and sd["absmax"].numel() == nblocks
-    assert torch.equal(part.dense(), quant.dequantize_nf(q))
+    assert torch.equal(part.dense(), dequantize_nf(q))
     x = _randn(3, 50, seed=4)
     assert torch.equal(_reload(part)(x), part(x))
 
@@ -139,11 +142,11 @@ def test_rtn_method(cfg: dict) -> None:
     res = m.compress(_target(w, bias=b), c)
     assert isinstance(res.module, CompressedLinear)
     assert [p.type_name for p in res.module.parts] == ["quant"]
-    q = quant.quantize_rtn(w, c.bits, c.group_size, c.sym)
-    assert torch.equal(res.module.dense_weight(), quant.dequantize(q))
+    q = quantize_rtn(w, c.bits, c.group_size, c.sym)
+    assert torch.equal(res.module.dense_weight(), dequantize(q))
     assert res.info == {"bits": c.bits, "group_size": c.group_size, "sym": c.sym}
     x = _randn(4, 96, seed=6)
-    assert torch.allclose(res.module(x), x @ quant.dequantize(q).T + b, atol=1e-4)
+    assert torch.allclose(res.module(x), x @ dequantize(q).T + b, atol=1e-4)
 
 
 def test_rtn_config_rejects_bad_values() -> None:
@@ -159,8 +162,8 @@ def test_gptq_method() -> None:
     m, c = _method("gptq", bits=3, group_size=32, act_order=True)
     assert m.needs == {"gram"}
     res = m.compress(_target(w, g), c)
-    q, info = quant.gptq_quantize(w, g, 3, 32, act_order=True)
-    assert torch.equal(res.module.dense_weight(), quant.dequantize(q))
+    q, info = gptq_quantize(w, g, 3, 32, act_order=True)
+    assert torch.equal(res.module.dense_weight(), dequantize(q))
     assert res.info["damp"] == info["damp"] and res.info["retries"] == 0
     with pytest.raises(UserError):
         m.compress(_target(w, None), c)
@@ -175,11 +178,11 @@ def test_prune_method(pattern: str, score: str) -> None:
     part = res.module.parts[0]
     assert part.type_name == "sparse" and part.values.dtype == torch.float16
     s = w.abs() * (g.diagonal().sqrt()[None, :] if score == "wanda" else 1.0)
-    mask = (quant.magnitude_mask(s, 0.75) if pattern == "unstructured"
-            else quant.n_m_mask(w, *map(int, pattern.split(":")), score=s))
+    mask = (magnitude_mask(s, 0.75) if pattern == "unstructured"
+            else n_m_mask(w, *map(int, pattern.split(":")), score=s))
     if score == "wanda":                                 # the activation norms matter
-        assert not torch.equal(mask, quant.magnitude_mask(w, 0.75) if pattern == "unstructured"
-                               else quant.n_m_mask(w, 4, 8))
+        assert not torch.equal(mask, magnitude_mask(w, 0.75) if pattern == "unstructured"
+                               else n_m_mask(w, 4, 8))
     expect = torch.where(mask, w, torch.zeros_like(w)).half().float()
     assert torch.equal(res.module.dense_weight(), expect)
     want = 0.75 if pattern == "unstructured" else 0.5

@@ -124,7 +124,7 @@ def test_flags_override_a_recipe(tiny_model_dir, tmp_path):
     _cli("compress", str(tiny_model_dir), "--recipe", str(rec), "--ratio", "0.4", "--seed", "5",
          *FAST_CAL, "-o", str(out))
     saved = load_recipe(out / "recipe.yaml")
-    assert saved.stages[0]["ratio"] == 0.4 and saved.calibration.seed == 5
+    assert saved.stages[0].ratio == 0.4 and saved.calibration.seed == 5
     assert saved.model == str(tiny_model_dir) and saved.output == str(out)
 
 

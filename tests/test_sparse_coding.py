@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.sparse_coding import batch_omp, dense_codes, ksvd, ls_on_support
+from compressor.primitives.sparse_coding import batch_omp, dense_codes, ksvd, ls_on_support
 
 
 def _unit_dictionary(d: int, k: int, g: torch.Generator) -> torch.Tensor:
@@ -121,7 +121,7 @@ def test_ls_on_support_is_least_squares():
 def test_ls_on_support_with_a_float32_singular_gram_falls_back_to_float64(monkeypatch):
     # atoms 0 and 1 differ by 1e-3: their Gram is near-singular in float32 (the Cholesky fails
     # or the refinement stalls) but solvable in float64; the result must be the float64 fit
-    import compressor.sparse_coding as sc
+    import compressor.primitives.sparse_coding as sc
     g = torch.Generator().manual_seed(8)
     D = _unit_dictionary(10, 6, g)
     D[:, 1] = D[:, 0] + 1e-3 * torch.randn(10, generator=g, dtype=torch.float64)

@@ -7,7 +7,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from compressor.models import target_linears
-from compressor.stats import LayerStatsCollector
+from compressor.core.stats import LayerStatsCollector
 
 
 def test_grams_match_brute_force_and_sharing_is_by_identity():

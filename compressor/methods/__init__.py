@@ -1,40 +1,19 @@
-"""Method registry: ``--method NAME`` looks a class up here. One file per method."""
+"""Every compression method, one folder each: ``config.py`` (its options, the API),
+``method.py`` (the registered Method) and, where it has any, its own math beside them.
+Importing this package registers them all; add a new method's import here."""
 
-from __future__ import annotations
-
-from .base import Compressed, LinearStats, Method, MethodConfig, Target
-
-REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    if cls.name in REGISTRY:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    from ..errors import UserError
-    if name not in REGISTRY:
-        import difflib
-        near = difflib.get_close_matches(name, REGISTRY, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise UserError(f"unknown method {name!r}.{hint} Run `svdc methods` for the list: "
-                        f"{', '.join(sorted(REGISTRY))}.")
-    return REGISTRY[name]
-
-
-def _load_all() -> None:
-    # Import for the side effect of registration. Keep this list in sync with the folder.
-    import importlib
-    import pkgutil
-    for m in pkgutil.iter_modules(__path__):
-        if m.name not in ("base",):
-            importlib.import_module(f"{__name__}.{m.name}")
-
-
-_load_all()
-
-__all__ = ["REGISTRY", "register", "get_method", "Method", "MethodConfig", "Target",
-           "LinearStats", "Compressed"]
+from compressor.methods import (  # noqa: F401  (imported to register)
+    asvd,
+    cospadi,
+    eora,
+    fwsvd,
+    gptq,
+    gwq,
+    lost,
+    lqlora,
+    prune,
+    rtn,
+    svd,
+    welore,
+    whitened_svd,
+)

@@ -1,0 +1,5 @@
+"""`python -m compressor ...` is `svdc ...` (what torchrun launches)."""
+
+from compressor.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""Write a compressed model as a normal Hugging Face folder (safetensors only, never pickle).
+
+config.json carries a compression_config section mapping each replaced module to its parts'
+spec; model.safetensors (sharded when large) holds every tensor, the compressed parts'
+buffers included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from compressor.parts import CompressedLinear
+
+FORMAT = "svdc"
+
+
+FORMAT_VERSION = 1
+
+
+SHARD_BYTES = 4 * 1024**3
+
+
+WEIGHTS = "model.safetensors"
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def compressed_modules(model: nn.Module) -> dict[str, CompressedLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, CompressedLinear)}
+
+
+def compression_config(model: nn.Module, dtype: torch.dtype,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"format": FORMAT, "version": FORMAT_VERSION, "dtype": str(dtype).removeprefix("torch."),
+            "modules": {n: m.spec() for n, m in compressed_modules(model).items()}, **(extra or {})}
+
+
+def _uncompressed_float(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Floating parameters and buffers outside the compressed linears (whose parts keep the
+    dtypes their formats define, e.g. float16 quantization scales)."""
+    inside = tuple(n + "." for n in compressed_modules(model))
+    return [(k, t) for k, t in model.state_dict(keep_vars=True).items()
+            if t.is_floating_point() and not k.startswith(inside)]
+
+
+def round_uncompressed(model: nn.Module, dtype: torch.dtype) -> None:
+    """Round the uncompressed tensors to ``dtype`` in place (keeping their own dtype), so the
+    in-memory model computes with exactly the values ``save_compressed`` writes."""
+    with torch.no_grad():
+        for _, t in _uncompressed_float(model):
+            if t.dtype != dtype:
+                t.copy_(t.to(dtype))
+
+
+def _unique_state(model: nn.Module, dtype: torch.dtype
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict without aliases (tied embeddings): safetensors stores a tensor once.
+    Uncompressed floating tensors are written in ``dtype``."""
+    cast = {k for k, _ in _uncompressed_float(model)}
+    seen: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for k, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            aliases[k] = seen[key]
+            continue
+        seen[key] = k
+        t = t.detach().to("cpu")
+        out[k] = (t.to(dtype) if k in cast else t).contiguous()
+    return out, aliases
+
+
+def write_weights(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> list[str]:
+    """Write safetensors shards of at most SHARD_BYTES; return the file names."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, t in tensors.items():
+        nb = t.numel() * t.element_size()
+        if shards[-1] and size + nb > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][k] = t
+        size += nb
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / WEIGHTS), metadata=metadata)
+        return [WEIGHTS]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        save_file(shard, str(folder / name), metadata=metadata)
+        weight_map.update({k: name for k in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    return names
+
+
+def save_compressed(model: nn.Module, tokenizer: Any, folder: Path,
+                    dtype: torch.dtype | None = None,
+                    extra_config: dict[str, Any] | None = None) -> dict[str, int]:
+    """Write config, weights and tokenizer into ``folder`` (already a temporary folder).
+    ``dtype``: the storage dtype of the uncompressed tensors (default: the model's)."""
+    dtype = dtype or next(model.parameters()).dtype
+    tensors, aliases = _unique_state(model, dtype)
+    cfg = model.config.to_dict()
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    cfg.pop("torch_dtype", None)
+    cfg["compression_config"] = compression_config(model, dtype, {"tied_aliases": aliases,
+                                                                  **(extra_config or {})})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    # one metadata key only: safetensors writes its metadata map in hash order, so two keys
+    # would make identical runs differ byte-wise
+    files = write_weights(folder, tensors, {"format": "pt"})
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        gen_cfg.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return {"files": len(files), "bytes": sum((folder / f).stat().st_size for f in files)}

@@ -1,0 +1,143 @@
+"""svdc compress and svdc run: a recipe from flags or YAML, run with progress, summarized."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+import typer
+from rich.table import Table
+from compressor.console import RichProgress, console
+from compressor.errors import UserError
+from compressor.recipe import load_recipe, parse_recipe, parse_set, read_recipe_data, route_flags, stages_from_flags
+from .app import app
+
+def _command_line() -> str:
+    return "svdc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _print_summary(report: dict[str, Any], output: Path) -> None:
+    t = report["totals"]
+    tab = Table(title=f"svdc: {output}")
+    for c in ("", "bytes before", "bytes after", "bits/weight"):
+        tab.add_column(c, justify="right")
+    for k in ("targets", "model"):
+        b = t[k]
+        tab.add_row(k, f"{b['bytes_before'] / 2**20:.1f} MiB", f"{b['bytes_after'] / 2**20:.1f} MiB",
+                    f"{b['bits_per_weight']:.3f}")
+    console.print(tab)
+    for e in report.get("eval") or []:
+        part = f" (partial: {e['n_windows']} windows)" if e.get("partial") else ""
+        console.print(f"perplexity {e['dataset']}: [bold]{e['ppl']:.3f}[/]{part}")
+    missed = [e for e in report.get("expect", []) if not e["ok"]]
+    for e in report.get("expect", []):
+        mark = "[green]✓[/]" if e["ok"] else "[red]✗[/]"
+        console.print(f"expect {e['metric']} = {e['value']} ± {e['tol']}: got {e['got']} {mark}")
+    console.print(f"wrote {output}/ (report.md, report.json, recipe.yaml)")
+    if missed:
+        raise typer.Exit(3)
+
+
+def _run(recipe, force: bool, resume: bool) -> None:
+    from compressor.api import compress
+    with RichProgress() as progress:
+        result = compress(recipe, force=force, resume=resume, progress=progress, command=_command_line())
+    _print_summary(result.report, result.output)
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="hub id, alias (smollm2-135m, llama-2-7b, ...), local folder or .gguf"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="compressor; see `svdc methods`"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="take the stages (and defaults) from a recipe YAML"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="output folder (default out/<model>-<method>)"),
+    base: Optional[str] = typer.Option(None, help="base stage for compensation methods (eora): gptq, rtn, prune, svd"),
+    bits: Optional[float] = typer.Option(None, help="bits per weight (quantizers) or average budget (lqlora)"),
+    rank: Optional[int] = typer.Option(None, help="rank (overrides --ratio)"),
+    ratio: Optional[float] = typer.Option(None, help="fraction of the target parameters removed (0.2 keeps 80%)"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="quantization group size (-1: per row)"),
+    sparsity: Optional[float] = typer.Option(None, help="pruning sparsity"),
+    compensation: Optional[str] = typer.Option(None, help="eora | svd (EoRA's baseline)"),
+    lowrank_bits: Optional[int] = typer.Option(None, "--lowrank-bits", help="quantize the low-rank factors"),
+    outlier_frac: Optional[float] = typer.Option(None, "--outlier-frac", help="GWQ: fraction of weights kept in 16 bit"),
+    sparse_frac: Optional[float] = typer.Option(None, "--sparse-frac", help="LOST: budget share of the sparse channels"),
+    atoms_per_column: Optional[int] = typer.Option(None, "--atoms-per-column", help="CoSpaDi: non-zeros per column"),
+    allocation: Optional[str] = typer.Option(None, help="uniform | welore rank allocation"),
+    set_: list[str] = typer.Option([], "--set", help="any method option as key=value (repeatable)"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="wikitext2 | c4 | builtin | PATH"),
+    nsamples: Optional[int] = typer.Option(None, help="calibration windows"),
+    seqlen: Optional[int] = typer.Option(None, help="tokens per calibration window"),
+    seed: Optional[int] = typer.Option(None, help="seed for sampling and randomized routines"),
+    fisher_file: Optional[str] = typer.Option(None, "--fisher-file", help="load/save gradient statistics here"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    dtype: Optional[str] = typer.Option(None, help="compute dtype: auto | float32 | float16 | bfloat16"),
+    storage_dtype: Optional[str] = typer.Option(None, "--storage-dtype",
+                                                help="written dtype: auto (the checkpoint's) | float32 | float16 | bfloat16"),
+    eval_: list[str] = typer.Option([], "--eval", help="evaluate the result on these datasets"),
+    eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="score only this many windows (partial)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
+) -> None:
+    """Compress MODEL with one method (from flags) or a recipe's stages."""
+    params = {"bits": bits, "rank": rank, "ratio": ratio, "group_size": group_size,
+              "sparsity": sparsity, "compensation": compensation, "lowrank_bits": lowrank_bits,
+              "outlier_frac": outlier_frac, "sparse_frac": sparse_frac,
+              "atoms_per_column": atoms_per_column, "allocation": allocation, **parse_set(set_)}
+    if bits is not None and float(bits).is_integer():
+        params["bits"] = int(bits)
+    data = _stages_data(method, recipe, base, params)
+    data["model"] = model
+    cal = data.setdefault("calibration", {})
+    for k, v in (("dataset", calib), ("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed)):
+        if v is not None:
+            cal[k] = v
+    if fisher_file is not None:
+        data.setdefault("gradients", {})["fisher_file"] = fisher_file
+    for k, v in (("device", device), ("dtype", dtype), ("storage_dtype", storage_dtype)):
+        if v is not None:
+            data[k] = v
+    if eval_:
+        data["eval"] = {**(data.get("eval") or {}), "datasets": list(eval_)}
+    if eval_windows is not None:
+        data["eval"] = {**(data.get("eval") or {"datasets": ["builtin"]}), "max_windows": eval_windows}
+    if output is None:
+        names = "-".join(str(s.get("method")) for s in data["stages"] if isinstance(s, dict))
+        output = Path(data.get("output") or Path("out") / f"{Path(model).name}-{names}")
+    data["output"] = str(output)
+    _run(parse_recipe(data, "command line"), force, resume)
+
+
+def _stages_data(method: str | None, recipe: Path | None, base: str | None,
+                 params: dict[str, Any]) -> dict[str, Any]:
+    """The raw recipe mapping the flags stand for: a recipe file's, or one built from
+    --method; either way every stage flag routed by the one router (validated later, once)."""
+    if recipe is not None:
+        if method is not None:
+            raise UserError("pass either --method or --recipe, not both")
+        if base is not None:
+            raise UserError("--base applies with --method only; in a recipe, write the base "
+                            "as its own stage before the compensation stage")
+        data = read_recipe_data(recipe)
+        stages = data.get("stages")
+        if isinstance(stages, list) and stages and all(isinstance(s, dict) for s in stages):
+            route_flags(stages, params, f"any stage of {recipe}")
+        return data
+    if method is None:
+        raise UserError("pass --method (see `svdc methods`) or --recipe")
+    return {"stages": stages_from_flags(method, base, params)}
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="recipe YAML (model, stages, output, eval, expect)"),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="override the recipe's output"),
+        device: Optional[str] = typer.Option(None, help="override the recipe's device"),
+        force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+        resume: bool = typer.Option(False, "--resume", help="continue an interrupted run")) -> None:
+    """Run a recipe end to end; exit 3 when an `expect` value is missed."""
+    r = load_recipe(recipe)
+    if output is not None:
+        r.output = str(output)
+    if device is not None:
+        r.device = device
+    _run(r, force, resume)

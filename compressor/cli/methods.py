@@ -1,0 +1,30 @@
+"""svdc methods: the compressors, or one compressor's options with their help."""
+
+from __future__ import annotations
+
+from typing import Optional
+import typer
+from rich.table import Table
+from compressor.console import console
+from .app import app
+
+@app.command()
+def methods(name: Optional[str] = typer.Argument(None, help="show one method's options")) -> None:
+    """List the compressors, or one compressor's options with their help."""
+    from compressor.core.registry import REGISTRY, get_method
+    if name:
+        cls = get_method(name)
+        console.print(f"[bold]{cls.name}[/]: {cls.summary}")
+        tab = Table()
+        for c in ("option", "default", "help"):
+            tab.add_column(c)
+        for f, info in cls.Config.model_fields.items():
+            tab.add_row("--" + f.replace("_", "-"), repr(info.default), info.description or "")
+        console.print(tab)
+        return
+    tab = Table(title="svdc methods")
+    tab.add_column("method")
+    tab.add_column("what it does")
+    for n in sorted(REGISTRY):
+        tab.add_row(n, REGISTRY[n].summary)
+    console.print(tab)

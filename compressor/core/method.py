@@ -1,0 +1,59 @@
+"""What a compression method is: pure math from (weight, statistics, config) to parts.
+
+Methods never touch hooks, devices, files or progress bars. The pipeline gives each one a
+Target (one linear layer's original weight, its calibration statistics and a seeded
+generator) plus whatever the earlier stage produced, and gets back a Compressed. A method's
+config object is its API: validated once (in the recipe) and handed to compress().
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+import torch
+from pydantic import BaseModel, ConfigDict
+from compressor.parts.base import CompressedLinear
+from compressor.core.types import Compressed, Target
+from compressor.errors import MissingStatistic
+
+class MethodConfig(BaseModel):
+    """Base of every method's config: unknown keys are errors (a typo must not pass)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Method:
+    """A registered compressor. Subclasses set the class attributes and ``compress``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""               # one line for `svdc methods`
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs: ClassVar[frozenset[str]] = frozenset()
+    # True when compress() builds on the previous stage's output (EoRA compensation).
+    uses_previous: ClassVar[bool] = False
+
+    def plan(self, weights: dict[str, torch.Tensor], cfg: MethodConfig,
+             fisher: dict[str, torch.Tensor] | None = None,
+             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
+        """Optional global pass over all target weights (rank / bit allocation).
+
+        ``dtype`` is the storage dtype of the parts' floating tensors (budgets that count
+        bytes need it). Returns per-target-name dicts that reach ``compress`` as ``target.plan``.
+        """
+        return {}
+
+    def compress(self, target: Target, cfg: MethodConfig,
+                 previous: CompressedLinear | None = None) -> Compressed:
+        raise NotImplementedError
+
+    def needs_for(self, cfg: MethodConfig) -> frozenset[str]:
+        """The statistics this configuration reads (default: the class's ``needs``)."""
+        return self.needs
+
+
+def require_stat(target: Target, stat: str) -> torch.Tensor:
+    """The named statistic of the target, or MissingStatistic naming it and the fix."""
+    value = getattr(target.stats, stat)
+    if value is None:
+        raise MissingStatistic(f"{target.name}: statistic {stat!r} was not collected; give the "
+                               f"stage calibration data (or gradients) that provide it")
+    return value

@@ -1,0 +1,233 @@
+"""The sequential pass: calibrate, compress and propagate one decoder layer at a time.
+
+Layer i's linears see inputs produced by the already-compressed layers 0..i-1, so every
+stage corrects for the error upstream of it. Only layer i is on the compute device;
+cached activations stay on the CPU. The pipeline knows nothing of any method's math.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from compressor.core.layer_io import capture_inputs, move_all_but_layers, run_layer
+from compressor.core.types import LinearStats, Target
+from compressor.parts.base import CompressedLinear
+from compressor.progress import NullProgress, ProgressSink
+from compressor.core.stages import Stage
+from compressor.core.stats import LayerStatsCollector
+
+log = logging.getLogger("svdc")
+
+
+@dataclass
+class ModuleRecord:
+    """One row of the report: what happened to one linear layer."""
+
+    name: str
+    layer: int
+    kind: str
+    shape: tuple[int, int]
+    methods: list[str]
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    weight_rel_err: float
+    output_rel_err: float | None
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def module_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
+    """A generator seeded from (seed, module name): order-independent and reproducible."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+def relative_errors(w: torch.Tensor, w_hat: torch.Tensor,
+                    gram: torch.Tensor | None) -> tuple[float, float | None]:
+    """‖W−Ŵ‖/‖W‖ and the output error on calibration inputs, tr(ΔW G ΔWᵀ)/tr(W G Wᵀ), sqrt'd."""
+    delta = w - w_hat
+    werr = (delta.norm() / w.norm().clamp_min(1e-30)).item()
+    if gram is None:
+        return werr, None
+    num = ((delta @ gram) * delta).sum()
+    den = ((w @ gram) * w).sum().clamp_min(1e-30)
+    return werr, (num / den).clamp_min(0).sqrt().item()
+
+
+def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
+                    stats: LinearStats, stages: list[Stage], device: torch.device,
+                    seed: int, storage_dtype: torch.dtype | None = None
+                    ) -> tuple[CompressedLinear, ModuleRecord]:
+    """Run every stage on one linear (each stage sees the previous stage's output); the
+    parts' floating tensors are stored in ``storage_dtype`` (default: the weight's)."""
+    t0 = time.perf_counter()
+    w = linear.weight.detach().to(device=device, dtype=torch.float32)
+    bias = None if linear.bias is None else linear.bias.detach().to(device)
+    dtype = storage_dtype or linear.weight.dtype
+    previous: CompressedLinear | None = None
+    info: dict[str, Any] = {}
+    for stage in stages:
+        target = Target(name=name, layer_index=layer_index, kind=kind, weight=w, bias=bias,
+                        stats=stats, generator=module_generator(seed, f"{stage.name}:{name}", device),
+                        dtype=dtype, plan=stage.plan.get(name, {}))
+        result = stage.method.compress(target, stage.cfg, previous)
+        previous = result.module
+        for k, v in result.info.items():
+            info[k if len(stages) == 1 else f"{stage.name}.{k}"] = v
+    assert previous is not None
+    module = previous.to(device)
+    w_hat = module.dense_weight()
+    if not torch.isfinite(w_hat).all():
+        raise FloatingPointError(f"{name}: the compressed weight has non-finite values; "
+                                 f"nothing was written (rerun with --debug and report it)")
+    werr, oerr = relative_errors(w, w_hat, stats.gram)
+    record = ModuleRecord(
+        name=name, layer=layer_index, kind=kind, shape=tuple(w.shape),
+        methods=[s.name for s in stages],
+        params_before=w.numel() + (0 if bias is None else bias.numel()),
+        params_after=module.stored_numel(),
+        bytes_before=(w.numel() + (0 if bias is None else bias.numel())) * linear.weight.element_size(),
+        bytes_after=module.stored_bytes(), weight_rel_err=werr, output_rel_err=oerr,
+        seconds=time.perf_counter() - t0, info=info)
+    record.info["bits_per_weight"] = round(8 * record.bytes_after / w.numel(), 4)
+    return module, record
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+@dataclass
+class SequentialResult:
+    records: list[ModuleRecord]
+    stage_seconds: dict[str, float]
+
+
+def sequential_compress(
+    model: nn.Module,
+    layers_path: str,
+    layers: nn.ModuleList,
+    targets_of: Callable[[nn.Module], dict[str, nn.Module]],
+    kind_of: Callable[[str], str],
+    windows: torch.Tensor,
+    stages: list[Stage],
+    needs: frozenset[str],
+    device: torch.device,
+    seed: int,
+    grad_stats: dict[str, dict[str, torch.Tensor]] | None = None,
+    progress: ProgressSink | None = None,
+    resume: Any | None = None,
+    storage_dtype: torch.dtype | None = None,
+) -> SequentialResult:
+    """Compress every target linear of every decoder layer in place; return report rows.
+
+    ``resume``, when given, is a LayerCheckpoints: layers it holds are loaded instead of
+    recomputed (and only propagated); each newly finished layer is saved to it.
+    """
+    progress = progress or NullProgress()
+    times = {"capture": 0.0, "calibrate": 0.0, "compress": 0.0, "propagate": 0.0}
+    want_gram = True  # always: the report's output error on calibration inputs needs it
+    want_absmean = "act_absmean" in needs
+    model_was_training = model.training
+    model.eval()
+    move_all_but_layers(model, layers_path, device)
+    t = time.perf_counter()
+    hidden, layer_kwargs = capture_inputs(model, layers, windows, device)
+    times["capture"] = time.perf_counter() - t
+    records: list[ModuleRecord] = []
+    n_layers = len(layers)
+    progress.start("layers", n_layers, "layer")
+    for i, layer in enumerate(layers):
+        layer.to(device)
+        kw = layer_kwargs[i]
+        targets = targets_of(layer)
+        prefix = f"{layers_path}.{i}."
+        done = (resume.load_layer(i, layer, device, storage_dtype or next(layer.parameters()).dtype)
+                if resume is not None else None)
+        note = f"layer {i + 1}/{n_layers}"
+        if done is not None:
+            records.extend(done)
+            progress.advance("layers", 0, f"{note} resumed")
+        else:
+            progress.advance("layers", 0, f"{note} calibrate")
+            t = time.perf_counter()
+            with LayerStatsCollector(targets, want_gram, want_absmean) as collector:
+                for x in hidden:
+                    collector.new_call()
+                    run_layer(layer, x.to(device), kw)
+            layer_stats = collector.stats()
+            times["calibrate"] += time.perf_counter() - t
+            progress.advance("layers", 0, f"{note} compress")
+            t = time.perf_counter()
+            layer_records = []
+            for rel, linear in targets.items():
+                full = prefix + rel
+                stats = layer_stats[rel]
+                if grad_stats is not None and full in grad_stats:
+                    g = grad_stats[full]
+                    stats = LinearStats(ntokens=stats.ntokens, gram=stats.gram,
+                                        act_absmean=stats.act_absmean,
+                                        fisher=_dev(g.get("fisher"), device),
+                                        fisher_rows=_dev(g.get("fisher_rows"), device),
+                                        fisher_cols=_dev(g.get("fisher_cols"), device),
+                                        grad_absmean=_dev(g.get("grad_absmean"), device))
+                module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
+                                              device, seed, storage_dtype)
+                set_submodule(layer, rel, module)
+                layer_records.append(rec)
+                _log_numerics(rec)
+            del layer_stats
+            times["compress"] += time.perf_counter() - t
+            if resume is not None:
+                resume.save_layer(i, layer, layer_records, [rel for rel in targets])
+            records.extend(layer_records)
+        progress.advance("layers", 0, f"{note} propagate")
+        t = time.perf_counter()
+        hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
+        times["propagate"] += time.perf_counter() - t
+        layer.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        progress.advance("layers", 1, note)
+    progress.finish("layers")
+    model.to("cpu")
+    model.train(model_was_training)
+    return SequentialResult(records=records, stage_seconds=times)
+
+
+def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device=device, dtype=torch.float32)
+
+
+_NOTEWORTHY = ("retries", "damp_retries", "eig_floored", "eig_floor_count", "floored", "dead_columns",
+               "dead_channels", "fisher_floored", "weight_floored", "floored_channels")
+
+
+def _log_numerics(rec: ModuleRecord) -> None:
+    """Log what departed from the textbook path (damping retries, floors, dead channels).
+
+    The routine damping every module gets is in the report, not the log.
+    """
+    for k, v in rec.info.items():
+        if k.rsplit(".", 1)[-1] in _NOTEWORTHY and v:
+            log.info("%s: %s = %s", rec.name, k, v)
+        elif k.rsplit(".", 1)[-1] == "damp":
+            log.debug("%s: %s = %s", rec.name, k, v)

@@ -1,0 +1,103 @@
+"""Per-layer checkpoints so a crashed or interrupted run picks up where it stopped.
+
+Each finished decoder layer's compressed modules go to ``layer_XXXX.safetensors`` plus a
+JSON of their specs and report rows (written last, so its presence marks the layer done).
+A fingerprint of model, calibration data and resolved recipe guards against resuming
+someone else's run: a mismatch is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from compressor.atomic import atomic_write_text
+from compressor.errors import UserError
+from compressor.parts import CompressedLinear
+from compressor.core.pipeline import ModuleRecord, set_submodule
+
+FINGERPRINT = "fingerprint.json"
+
+
+def fingerprint(model_info: dict[str, Any], windows: torch.Tensor, recipe_json: str, version: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(model_info, sort_keys=True, default=str).encode())
+    h.update(windows.cpu().numpy().tobytes())
+    h.update(recipe_json.encode())
+    h.update(version.encode())
+    return h.hexdigest()
+
+
+def resume_dir_for(output: Path) -> Path:
+    return output.parent / f".{output.name}.resume"
+
+
+class LayerCheckpoints:
+    def __init__(self, folder: Path, fp: str, resume: bool):
+        self.folder = folder
+        self.fp = fp
+        self.resumed_layers = 0
+        marker = folder / FINGERPRINT
+        if folder.exists() and resume:
+            if not marker.is_file():
+                raise UserError(f"cannot resume: {folder} holds no fingerprint; rerun without --resume")
+            old = json.loads(marker.read_text()).get("fingerprint")
+            if old != fp:
+                raise UserError(f"cannot resume: the checkpoints in {folder} were made with a different "
+                                f"model, calibration data or recipe (fingerprint {old[:12]} != {fp[:12]}); "
+                                f"rerun without --resume to start over")
+        elif folder.exists():
+            shutil.rmtree(folder)
+        elif resume:
+            raise UserError(f"cannot resume: no checkpoints at {folder}; rerun without --resume")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, json.dumps({"fingerprint": fp}))
+
+    def _paths(self, i: int) -> tuple[Path, Path]:
+        return self.folder / f"layer_{i:04d}.safetensors", self.folder / f"layer_{i:04d}.json"
+
+    def save_layer(self, i: int, layer: nn.Module, records: list[ModuleRecord], rels: list[str]) -> None:
+        tpath, jpath = self._paths(i)
+        tensors, specs = {}, {}
+        for rel in rels:
+            mod = layer.get_submodule(rel)
+            assert isinstance(mod, CompressedLinear)
+            specs[rel] = mod.spec()
+            for k, v in mod.state_dict().items():
+                tensors[f"{rel}.{k}"] = v.detach().to("cpu").contiguous()
+        tmp = tpath.with_name(tpath.name + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, tpath)
+        atomic_write_text(jpath, json.dumps({"specs": specs, "records": [r.to_dict() for r in records]}))
+
+    def load_layer(self, i: int, layer: nn.Module, device: torch.device,
+                   dtype: torch.dtype) -> list[ModuleRecord] | None:
+        """Layer i's compressed linears (parts in ``dtype``) put into ``layer``, and their
+        report rows; None when layer i has no checkpoint."""
+        tpath, jpath = self._paths(i)
+        if not jpath.is_file():
+            return None
+        meta = json.loads(jpath.read_text())
+        tensors = load_file(str(tpath))
+        for rel, spec in meta["specs"].items():
+            mod = CompressedLinear.from_spec(spec, dtype)
+            mod.load_state_dict({k[len(rel) + 1:]: v for k, v in tensors.items() if k.startswith(rel + ".")},
+                                strict=True)
+            set_submodule(layer, rel, mod.to(device))
+        self.resumed_layers += 1
+        out = []
+        for r in meta["records"]:
+            r["shape"] = tuple(r["shape"])
+            out.append(ModuleRecord(**r))
+        return out
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

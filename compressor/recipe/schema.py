@@ -1,0 +1,96 @@
+"""The recipe: everything needed to reproduce an output, as one validated pydantic object.
+
+``stages`` is a discriminated union keyed on ``method``: each stage IS its method's config
+object (``GPTQConfig``, ``EoraConfig``, ...), validated once here and handed unchanged to
+the method. ``svdc compress`` with plain flags writes the recipe it amounts to.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from compressor.core.registry import config_classes, get_method
+
+RECIPE_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Calibration(_Strict):
+    dataset: str = Field("builtin", description="wikitext2, c4, builtin, or a .txt/.jsonl path")
+    nsamples: int = Field(128, ge=1, description="number of calibration windows")
+    seqlen: int = Field(2048, ge=8, description="tokens per calibration window")
+    seed: int = Field(0, description="drives sampling and every randomized routine")
+
+
+class Gradients(_Strict):
+    nsamples: int | None = Field(None, ge=1, description=(
+        "windows for the backward pass (default: all calibration windows)"))
+    fisher_file: str | None = Field(None, description=(
+        "reuse gradient statistics saved earlier (safetensors)"))
+
+
+class Targets(_Strict):
+    include: list[str] | None = Field(None, description=(
+        "glob patterns of linears to compress (relative to a decoder layer)"))
+    exclude: list[str] | None = Field(None, description="glob patterns of linears to leave dense")
+
+
+class Evaluation(_Strict):
+    datasets: list[str] = Field(default_factory=lambda: ["builtin"])
+    seqlen: int | None = Field(None, ge=8, description=(
+        "default: the calibration seqlen, capped by the model's context"))
+    max_windows: int | None = Field(None, ge=1, description=(
+        "score only this many windows (the result is labelled partial)"))
+
+
+class Expectation(_Strict):
+    value: float
+    tol: float = Field(..., ge=0, description="absolute tolerance")
+
+
+StageConfig = Annotated[Union[tuple(config_classes())], Field(discriminator="method")]
+DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Recipe(_Strict):
+    version: StrictInt = RECIPE_VERSION
+    model: str | None = None
+    device: str = "auto"
+    dtype: DTypeName = Field("auto", description=(
+        "compute dtype of the model during calibration and evaluation (auto: the checkpoint's "
+        "own on CUDA, float32 on CPU)"))
+    storage_dtype: DTypeName = Field("auto", description=(
+        "dtype written for factors, dictionaries and uncompressed tensors (auto: the "
+        "checkpoint's own, so a bfloat16 model stays bfloat16 even when computed in float32)"))
+    calibration: Calibration = Field(default_factory=Calibration)
+    gradients: Gradients = Field(default_factory=Gradients)
+    targets: Targets = Field(default_factory=Targets)
+    stages: list[StageConfig] = Field(..., min_length=1)
+    output: str | None = None
+    eval: Evaluation | None = None
+    expect: dict[str, Expectation] = Field(default_factory=dict)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != RECIPE_VERSION:
+            raise ValueError(f"recipe version {v} is not supported (this svdc reads version "
+                             f"{RECIPE_VERSION})")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_methods(cls, data: Any) -> Any:
+        """Name the stage and the nearest method before the union reports a bare tag error."""
+        stages = data.get("stages") if isinstance(data, dict) else None
+        for i, stage in enumerate(stages if isinstance(stages, list) else []):
+            if not isinstance(stage, dict) or "method" not in stage:
+                raise ValueError(f"stage {i + 1} must be a mapping with a 'method' key, e.g. "
+                                 f"{{method: gptq, bits: 4}}")
+            get_method(stage["method"])     # UserError with "did you mean"
+        return data
