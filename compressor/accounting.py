@@ -52,9 +52,13 @@ def model_footprint(model: nn.Module) -> tuple[int, int]:
 
 def totals(entries: dict[str, tuple[int, int]], target_names: list[str],
            before_targets: tuple[int, int], before_model: tuple[int, int]) -> dict[str, Any]:
+    # The targets block counts what replaces each weight matrix (core.measures' rule: a bias
+    # is not a weight, and ``before_targets`` counts the weights alone).
     prefixes = tuple(n + "." for n in target_names)
-    t_numel = sum(v[0] for k, v in entries.items() if k.startswith(prefixes))
-    t_bytes = sum(v[1] for k, v in entries.items() if k.startswith(prefixes))
+    biases = {n + ".bias" for n in target_names}
+    mine = [v for k, v in entries.items() if k.startswith(prefixes) and k not in biases]
+    t_numel = sum(v[0] for v in mine)
+    t_bytes = sum(v[1] for v in mine)
     m_numel = sum(v[0] for v in entries.values())
     m_bytes = sum(v[1] for v in entries.values())
 

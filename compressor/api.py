@@ -19,16 +19,16 @@ from compressor import __version__
 from compressor.accounting import model_footprint, totals, written_entries
 from compressor.atomic import atomic_dir, check_output
 from compressor.checkpoint import round_uncompressed, save_compressed
-from compressor.errors import UserError
 from compressor.core.gradients import GRAD_STATS
-from compressor.models import resolve_storage_dtype
 from compressor.core.pipeline import sequential_compress
+from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
+from compressor.core.stages import Stage, stage_needs
+from compressor.errors import UserError
+from compressor.models import resolve_storage_dtype
 from compressor.progress import NullProgress, ProgressSink
 from compressor.recipe import Recipe, dump_recipe
 from compressor.report import write_report
-from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
 from compressor.runtime import StageTimer, machine, peak_memory, versions
-from compressor.core.stages import Stage, stage_needs
 
 log = logging.getLogger("svdc")
 
@@ -44,7 +44,13 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
              progress: ProgressSink | None = None, command: str = "",
              keep_model: bool = False) -> CompressResult:
     from compressor.data import calibration_windows
-    from compressor.models import decoder_layers, linear_kind, load_model, resolve_device, target_linears
+    from compressor.models import (
+        decoder_layers,
+        linear_kind,
+        load_model,
+        resolve_device,
+        target_linears,
+    )
 
     progress = progress or NullProgress()
     if not recipe.model:
@@ -96,7 +102,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         fisher = ({n: g["fisher"] for n, g in grad_stats.items() if "fisher" in g}
                   if grad_stats else None)
         for st in stages:
-            st.plan = st.method.plan(weights, st.cfg, fisher, dtype=storage_dtype) or {}
+            st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=storage_dtype) or {}
 
     recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}), sort_keys=True)
     ckpt = LayerCheckpoints(resume_dir_for(output),
@@ -157,7 +163,12 @@ class DeviceWeights(Mapping):
 def _gradients(recipe, model, windows, target_names, want, device, progress):
     """Fisher / |grad| of the targets: loaded from --fisher-file when it matches, else computed
     (and saved there). The file is keyed by the windows and target shapes it was made from."""
-    from compressor.core.gradients import gradient_fingerprint, gradient_stats, load_gradient_stats, save_gradient_stats
+    from compressor.core.gradients import (
+        gradient_fingerprint,
+        gradient_stats,
+        load_gradient_stats,
+        save_gradient_stats,
+    )
 
     g = recipe.gradients
     n = min(g.nsamples or windows.shape[0], windows.shape[0])

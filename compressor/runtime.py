@@ -13,7 +13,6 @@ from typing import Iterator
 import torch
 
 
-
 class StageTimer:
     """Wall time per named stage (load, data, gradients, plan, compress, write, eval)."""
 

@@ -26,9 +26,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (ROOT, dense_command, grad_cache_file, library_versions, load_matrix,  # noqa: E402
-                          load_results, machine_facts, merge_row, peak_rss_bytes, recipe_dict, rel,
-                          row_by_id, svdc_command)
+from bench_common import (  # noqa: E402
+    ROOT,
+    dense_command,
+    grad_cache_file,
+    library_versions,
+    load_matrix,
+    load_results,
+    machine_facts,
+    merge_row,
+    peak_rss_bytes,
+    recipe_dict,
+    rel,
+    row_by_id,
+    svdc_command,
+)
 
 
 def result_key(rid: str, device: str) -> str:

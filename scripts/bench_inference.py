@@ -53,11 +53,11 @@ def build_sparse(model_spec: str, sparsity: float):
     `svdc compress --method prune --sparsity S` writes; magnitude scores need no data)."""
     import torch
 
-    from compressor.primitives.masks import magnitude_mask
+    from compressor.core.pipeline import set_submodule
     from compressor.models import decoder_layers, load_model, target_linears
     from compressor.parts.base import CompressedLinear
     from compressor.parts.sparse import SparsePart
-    from compressor.core.pipeline import set_submodule
+    from compressor.primitives.masks import magnitude_mask
     model, tok, _ = load_model(model_spec, dtype="float32")
     _, layers = decoder_layers(model)
     for layer in layers:

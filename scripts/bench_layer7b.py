@@ -66,7 +66,10 @@ def flop_model(op: str, m: int, n: int, tokens: int = 0) -> float:
 def build_layer(hidden: int, inter: int, heads: int, device, seed: int):
     import torch
     from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+    from transformers.models.llama.modeling_llama import (
+        LlamaDecoderLayer,
+        LlamaRotaryEmbedding,
+    )
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads,
                       num_key_value_heads=heads, num_hidden_layers=1, max_position_embeddings=4096)
     cfg._attn_implementation = "sdpa"
@@ -81,8 +84,9 @@ def build_layer(hidden: int, inter: int, heads: int, device, seed: int):
 
 def target_for(name: str, linear, stats, device, seed: int):
     import torch
-    from compressor.core.types import Target
+
     from compressor.core.pipeline import module_generator
+    from compressor.core.types import Target
     return Target(name=name, layer_index=0, kind=name, weight=linear.weight.detach().float(), bias=None,
                   stats=stats, generator=module_generator(seed, name, device), dtype=torch.float32)
 
@@ -142,6 +146,7 @@ def run_methods(name: str, linear, stats, args, device, methods: list[str]) -> d
 def primitives(w, gram, args, device) -> dict[str, Any]:
     """The decomposition choices, timed, with their accuracy cost on this weight / Gram."""
     import torch
+
     from compressor.primitives.linalg import rank_from_ratio, truncated_svd, whitening
     m, n = w.shape
     k = rank_from_ratio(m, n, args.ratio)
@@ -191,8 +196,8 @@ def real_weight_accuracy(spec: str, ratio: float, small: int, seed: int) -> dict
     import torch
     from safetensors import safe_open
 
-    from compressor.primitives.linalg import rank_from_ratio, truncated_svd
     from compressor.models import default_cache_dir, resolve_model
+    from compressor.primitives.linalg import rank_from_ratio, truncated_svd
     if not (default_cache_dir() / "models" / spec).is_dir() and not Path(spec).is_dir():
         return {"status": f"skipped: {spec} is not cached on this machine (no download attempted)"}
     try:

@@ -45,6 +45,7 @@ def main() -> int:
         from safetensors.torch import load_file
         t = time.perf_counter()
         import importlib.metadata as md
+
         from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
         from datasets import Dataset
         from llmcompressor import oneshot

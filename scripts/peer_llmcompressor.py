@@ -31,8 +31,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (ROOT, library_versions, load_matrix, machine_facts, peak_rss_bytes,  # noqa: E402
-                          recipe_dict, rel, row_by_id)
+from bench_common import (  # noqa: E402
+    ROOT,
+    library_versions,
+    load_matrix,
+    machine_facts,
+    peak_rss_bytes,
+    recipe_dict,
+    rel,
+    row_by_id,
+)
 
 LLMC_VERSION = "0.14.0.1"
 TORCH_PIN = "torch==2.13.0"

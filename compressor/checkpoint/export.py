@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
 import torch
 from safetensors.torch import save_file
 from torch import nn
+
 from compressor.atomic import atomic_dir
 from compressor.errors import UserError
 from compressor.parts.lowrank import LowRankPart
+
 from .load import load_compressed
 from .save import compressed_modules
+
 
 def densify(model: nn.Module) -> nn.Module:
     """Replace every compressed linear by an nn.Linear holding its materialized weight."""

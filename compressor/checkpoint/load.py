@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+
 from compressor.errors import UserError
 from compressor.parts import CompressedLinear
+
 from .save import FORMAT, FORMAT_VERSION, INDEX, WEIGHTS
+
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / INDEX

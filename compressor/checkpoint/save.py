@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
 import torch
 from safetensors.torch import save_file
 from torch import nn
+
 from compressor.parts import CompressedLinear
 
 FORMAT = "svdc"

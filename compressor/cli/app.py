@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+
 import typer
+
 from compressor.console import console, setup_logging
 from compressor.errors import UserError
 

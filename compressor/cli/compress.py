@@ -6,12 +6,23 @@ import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
+
 import typer
 from rich.table import Table
+
 from compressor.console import RichProgress, console
 from compressor.errors import UserError
-from compressor.recipe import load_recipe, parse_recipe, parse_set, read_recipe_data, route_flags, stages_from_flags
+from compressor.recipe import (
+    load_recipe,
+    parse_recipe,
+    parse_set,
+    read_recipe_data,
+    route_flags,
+    stages_from_flags,
+)
+
 from .app import app
+
 
 def _command_line() -> str:
     return "svdc " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Optional
+
 import typer
 from rich.table import Table
+
 from compressor.console import RichProgress, console
+
 from .app import app
+
 
 @app.command("eval")
 def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or any MODEL `compress` takes"),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import typer
+
 from compressor.console import console
 from compressor.errors import UserError
+
 from .app import app
+
 
 @app.command()
 def export(src: Path = typer.Argument(..., help="an svdc output folder"),

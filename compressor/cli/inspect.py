@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import typer
 from rich.table import Table
+
 from compressor.console import console
 from compressor.errors import UserError
+
 from .app import app
+
 
 @app.command()
 def inspect(src: Path = typer.Argument(..., help="an svdc output folder")) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from typing import Optional
+
 import typer
 from rich.table import Table
+
 from compressor.console import console
+
 from .app import app
+
 
 @app.command()
 def methods(name: Optional[str] = typer.Argument(None, help="show one method's options")) -> None:

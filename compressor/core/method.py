@@ -8,12 +8,16 @@ config object is its API: validated once (in the recipe) and handed to compress(
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
+
 import torch
 from pydantic import BaseModel, ConfigDict
-from compressor.parts.base import CompressedLinear
+
 from compressor.core.types import Compressed, Target
-from compressor.errors import MissingStatistic
+from compressor.errors import MissingStatistic, UserError
+from compressor.parts.base import CompressedLinear
+
 
 class MethodConfig(BaseModel):
     """Base of every method's config: unknown keys are errors (a typo must not pass)."""
@@ -44,6 +48,28 @@ class Method:
     def compress(self, target: Target, cfg: MethodConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
         raise NotImplementedError
+
+    def run(self, target: Target, cfg: MethodConfig,
+            previous: CompressedLinear | None = None) -> Compressed:
+        """compress() with the math layer's plain ValueErrors (a rank that does not fit, a
+        budget that cannot be met) turned into one-line user errors naming the module."""
+        try:
+            return self.compress(target, cfg, previous)
+        except UserError:
+            raise
+        except ValueError as e:
+            raise UserError(f"{self.name} on {target.name}: {e}") from e
+
+    def run_plan(self, weights: Mapping[str, torch.Tensor], cfg: MethodConfig,
+                 fisher: dict[str, torch.Tensor] | None = None,
+                 dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
+        """plan() with plain ValueErrors turned into user errors, as run() does."""
+        try:
+            return self.plan(weights, cfg, fisher, dtype)
+        except UserError:
+            raise
+        except ValueError as e:
+            raise UserError(f"{self.name}: {e}") from e
 
     def needs_for(self, cfg: MethodConfig) -> frozenset[str]:
         """The statistics this configuration reads (default: the class's ``needs``)."""

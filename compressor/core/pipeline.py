@@ -10,44 +10,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from compressor.core.layer_io import capture_inputs, move_all_but_layers, run_layer
-from compressor.core.types import LinearStats, Target
-from compressor.parts.base import CompressedLinear
-from compressor.progress import NullProgress, ProgressSink
+from compressor.core.measures import (
+    bits_per_weight,
+    relative_output_error,
+    weight_error,
+)
 from compressor.core.stages import Stage
 from compressor.core.stats import LayerStatsCollector
+from compressor.core.types import LinearStats, ModuleRecord, Target
+from compressor.parts.base import CompressedLinear
+from compressor.progress import NullProgress, ProgressSink
 
 log = logging.getLogger("svdc")
-
-
-@dataclass
-class ModuleRecord:
-    """One row of the report: what happened to one linear layer."""
-
-    name: str
-    layer: int
-    kind: str
-    shape: tuple[int, int]
-    methods: list[str]
-    params_before: int
-    params_after: int
-    bytes_before: int
-    bytes_after: int
-    weight_rel_err: float
-    output_rel_err: float | None
-    seconds: float
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
 
 
 def module_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
@@ -56,18 +37,6 @@ def module_generator(seed: int, name: str, device: torch.device) -> torch.Genera
     g = torch.Generator(device=device)
     g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     return g
-
-
-def relative_errors(w: torch.Tensor, w_hat: torch.Tensor,
-                    gram: torch.Tensor | None) -> tuple[float, float | None]:
-    """‖W−Ŵ‖/‖W‖ and the output error on calibration inputs, tr(ΔW G ΔWᵀ)/tr(W G Wᵀ), sqrt'd."""
-    delta = w - w_hat
-    werr = (delta.norm() / w.norm().clamp_min(1e-30)).item()
-    if gram is None:
-        return werr, None
-    num = ((delta @ gram) * delta).sum()
-    den = ((w @ gram) * w).sum().clamp_min(1e-30)
-    return werr, (num / den).clamp_min(0).sqrt().item()
 
 
 def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
@@ -86,7 +55,7 @@ def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
         target = Target(name=name, layer_index=layer_index, kind=kind, weight=w, bias=bias,
                         stats=stats, generator=module_generator(seed, f"{stage.name}:{name}", device),
                         dtype=dtype, plan=stage.plan.get(name, {}))
-        result = stage.method.compress(target, stage.cfg, previous)
+        result = stage.method.run(target, stage.cfg, previous)
         previous = result.module
         for k, v in result.info.items():
             info[k if len(stages) == 1 else f"{stage.name}.{k}"] = v
@@ -96,7 +65,8 @@ def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
     if not torch.isfinite(w_hat).all():
         raise FloatingPointError(f"{name}: the compressed weight has non-finite values; "
                                  f"nothing was written (rerun with --debug and report it)")
-    werr, oerr = relative_errors(w, w_hat, stats.gram)
+    werr = weight_error(w, w_hat)
+    oerr = None if stats.gram is None else relative_output_error(w - w_hat, w, stats.gram)
     record = ModuleRecord(
         name=name, layer=layer_index, kind=kind, shape=tuple(w.shape),
         methods=[s.name for s in stages],
@@ -105,7 +75,7 @@ def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
         bytes_before=(w.numel() + (0 if bias is None else bias.numel())) * linear.weight.element_size(),
         bytes_after=module.stored_bytes(), weight_rel_err=werr, output_rel_err=oerr,
         seconds=time.perf_counter() - t0, info=info)
-    record.info["bits_per_weight"] = round(8 * record.bytes_after / w.numel(), 4)
+    record.info["bits_per_weight"] = round(bits_per_weight(module), 4)
     return module, record
 
 

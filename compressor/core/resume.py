@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compressor.atomic import atomic_write_text
+from compressor.core.pipeline import set_submodule
+from compressor.core.types import ModuleRecord
 from compressor.errors import UserError
 from compressor.parts import CompressedLinear
-from compressor.core.pipeline import ModuleRecord, set_submodule
 
 FINGERPRINT = "fingerprint.json"
 

@@ -6,9 +6,11 @@ without loading every compressor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
 import torch
+
 from compressor.parts.base import CompressedLinear
 
 # Statistic names a method may declare in ``needs``.
@@ -48,3 +50,27 @@ class Target:
 class Compressed:
     module: CompressedLinear
     info: dict[str, Any] = field(default_factory=dict)  # report fields: rank, bits, damping...
+
+
+@dataclass
+class ModuleRecord:
+    """One row of the report: what happened to one linear layer."""
+
+    name: str
+    layer: int
+    kind: str
+    shape: tuple[int, int]
+    methods: list[str]
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    weight_rel_err: float
+    output_rel_err: float | None
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d

@@ -13,13 +13,13 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from compressor.primitives.allocation import welore_ranks
+from compressor.core.method import Method, MethodConfig
+from compressor.core.types import Compressed, Target
 from compressor.errors import UserError
-from compressor.primitives.linalg import rank_from_ratio
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import DensePart, LowRankPart
-from compressor.core.types import Compressed, Target
-from compressor.core.method import Method, MethodConfig
+from compressor.primitives.allocation import welore_ranks
+from compressor.primitives.linalg import rank_from_ratio
 
 
 class LowRankConfig(MethodConfig):

@@ -6,7 +6,12 @@ files), offline (PyPI wheel -> GGUF -> safetensors), integrity (weight-file chec
 """
 
 from .aliases import ALIASES, Alias, OfflineSource, ResolvedModel
-from .architectures import decoder_layers, embedding_and_head, linear_kind, target_linears
+from .architectures import (
+           decoder_layers,
+           embedding_and_head,
+           linear_kind,
+           target_linears,
+)
 from .device import DTYPES, resolve_device, resolve_dtype, resolve_storage_dtype
 from .load import ModelInfo, load_model
 from .resolve import default_cache_dir, resolve_model

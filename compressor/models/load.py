@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
+
 from .architectures import decoder_layers
 from .device import checkpoint_dtype, resolve_device, resolve_dtype
 from .integrity import file_sha256

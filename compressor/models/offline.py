@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
+
 from .aliases import Alias, OfflineSource, ResolvedModel
 from .integrity import check_weights
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 
 from compressor.errors import UserError
+
 from .aliases import ALIASES, ResolvedModel
 from .integrity import check_gguf_magic, check_weights
 from .offline import resolve_offline

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from compressor.primitives.sparse_coding import index_dtype
+
 from .base import Part, register_part
 
 

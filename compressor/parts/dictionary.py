@@ -21,6 +21,7 @@ import torch
 
 from compressor.primitives.packing import pack_bits, unpack_bits
 from compressor.primitives.sparse_coding import index_dtype
+
 from .base import Part, register_part
 
 # Elements of the transient dense code block built per forward step.

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from compressor.primitives.grids import UniformQ
+
 from .base import Part, register_part
 from .quantized import UniformQuantPart
 

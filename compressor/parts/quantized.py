@@ -10,8 +10,16 @@ from typing import Any
 
 import torch
 
-from compressor.primitives.grids import NFQ, UniformQ, dequantize, dequantize_nf, n_groups, nf_absmax_from_double_quant
+from compressor.primitives.grids import (
+    NFQ,
+    UniformQ,
+    dequantize,
+    dequantize_nf,
+    n_groups,
+    nf_absmax_from_double_quant,
+)
 from compressor.primitives.packing import pack_bits, unpack_bits
+
 from .base import Part, register_part
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from compressor.errors import UserError
 from compressor.primitives.linalg import rank_from_ratio, singular_values
 
 
@@ -67,7 +66,7 @@ def welore_ranks(spectra: dict[str, torch.Tensor], ratio: float,
     step (m+n of some growable matrix) of it.
     """
     if not (0.0 <= ratio < 1.0):
-        raise UserError(f"ratio {ratio} is outside [0, 1): it is the fraction of parameters "
+        raise ValueError(f"ratio {ratio} is outside [0, 1): it is the fraction of parameters "
                         f"removed, e.g. 0.2 keeps 80%.")
     if not spectra:
         return {}, {"lrc": [], "n_lrc": [], "threshold": None, "budget": 0, "kept_params": 0,
@@ -77,7 +76,7 @@ def welore_ranks(spectra: dict[str, torch.Tensor], ratio: float,
     budget = int((1.0 - ratio) * total + 1e-6)
     floor_cost = sum(_cost(1, *dims[k]) for k in norm)
     if floor_cost > budget:
-        raise UserError(f"ratio {ratio} cannot be met with WeLore: even rank 1 everywhere "
+        raise ValueError(f"ratio {ratio} cannot be met with WeLore: even rank 1 everywhere "
                         f"keeps {floor_cost} of {total} parameters (budget {budget}); "
                         f"lower the ratio to at most {1 - floor_cost / total:.4f}.")
 

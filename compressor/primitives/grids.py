@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor
-from compressor.errors import UserError
 
 _FP16_MIN_SCALE = 2.0 ** -24   # smallest positive float16 (subnormal)
 
@@ -44,7 +44,7 @@ class UniformQ:
 
 def check_bits(bits: int, low: int = 2, high: int = 8) -> None:
     if not isinstance(bits, int) or not low <= bits <= high:
-        raise UserError(f"bits={bits!r} is not supported; use an integer from {low} to {high}.")
+        raise ValueError(f"bits={bits!r} is not supported; use an integer from {low} to {high}.")
 
 
 def group_len(in_features: int, group_size: int) -> int:
@@ -185,7 +185,7 @@ def quantize_nf(w: Tensor, bits: int = 4, block_size: int = 64, double_quant: bo
     """NF-k quantization: per block, x / absmax is rounded to the nearest NF level."""
     check_bits(bits)
     if block_size < 1:
-        raise UserError(f"NF block_size={block_size} must be a positive integer (e.g. 64).")
+        raise ValueError(f"NF block_size={block_size} must be a positive integer (e.g. 64).")
     w = w.detach().float()
     flat = w.reshape(-1)
     n = flat.numel()

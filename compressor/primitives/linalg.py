@@ -13,8 +13,6 @@ from typing import Any, Literal
 
 import torch
 
-from compressor.errors import UserError
-
 SvdMethod = Literal["full", "randomized"]
 
 
@@ -27,21 +25,23 @@ def rank_from_ratio(m: int, n: int, ratio: float, name: str | None = None) -> in
     """
     what = f"{name} ({m}x{n})" if name else f"a {m}x{n} matrix"
     if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise UserError(f"ratio {ratio} for {what} is outside [0, 1): it is the fraction of "
+        raise ValueError(f"ratio {ratio} for {what} is outside [0, 1): it is the fraction of "
                         f"parameters removed, e.g. 0.2 keeps 80%.")
     # The tiny epsilon keeps exact products (e.g. ratio 0.5 of 8x8 -> 2.0) from flooring
     # to one less because of binary rounding of the ratio.
     k = math.floor((1.0 - ratio) * m * n / (m + n) + 1e-9)
     if k < 1:
-        raise UserError(f"ratio {ratio} leaves rank {k} for {what}: lower the ratio "
+        raise ValueError(f"ratio {ratio} leaves rank {k} for {what}: lower the ratio "
                         f"(at most {1 - (m + n) / (m * n):.4f}) or give an explicit rank >= 1.")
     return k
 
 
-def _check_rank(w: torch.Tensor, rank: int) -> None:
-    m, n = w.shape
-    if not (1 <= rank <= min(m, n)):
-        raise UserError(f"rank {rank} does not fit a {m}x{n} matrix: use 1..{min(m, n)}.")
+def check_rank(m: int, n: int, rank: int, what: str | None = None, zero_ok: bool = False) -> None:
+    """The one rank check: 1 <= rank <= min(m, n) (0 allowed with ``zero_ok``)."""
+    low = 0 if zero_ok else 1
+    if not (low <= rank <= min(m, n)):
+        where = f"{what} ({m}x{n})" if what else f"a {m}x{n} matrix"
+        raise ValueError(f"rank {rank} does not fit {where}: use a rank in {low}..{min(m, n)}.")
 
 
 # --- SVD -------------------------------------------------------------------------------
@@ -68,10 +68,10 @@ def _svd64(w: torch.Tensor, rank: int, generator: torch.Generator | None = None,
            method: SvdMethod = "full", oversample: int = 10,
            n_iter: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-``rank`` truncated SVD in float64 (inputs are cast, never modified)."""
-    _check_rank(w, rank)
+    check_rank(*w.shape, rank)
     w64 = w.detach().to(torch.float64)
     if not bool(torch.isfinite(w64).all()):
-        raise UserError("matrix to factorize has NaN/Inf entries: check the weights and "
+        raise ValueError("matrix to factorize has NaN/Inf entries: check the weights and "
                         "the statistics (e.g. run in float32).")
     size = min(rank + oversample, *w64.shape)
     if method == "full" or size >= min(w64.shape):
@@ -81,7 +81,7 @@ def _svd64(w: torch.Tensor, rank: int, generator: torch.Generator | None = None,
         ub, s, vh = torch.linalg.svd(q.mT @ w64, full_matrices=False)
         u = q @ ub
     else:
-        raise UserError(f"unknown SVD method {method!r}: use 'full' or 'randomized'.")
+        raise ValueError(f"unknown SVD method {method!r}: use 'full' or 'randomized'.")
     return u[:, :rank], s[:rank], vh[:rank]
 
 
@@ -145,7 +145,7 @@ def whitening(gram: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor,
         raise ValueError(f"gram must be square, got shape {tuple(gram.shape)}")
     g = gram.detach().to(torch.float64)
     if not bool(torch.isfinite(g).all()):
-        raise UserError("the Gram matrix has NaN/Inf entries: the layer's inputs overflowed; "
+        raise ValueError("the Gram matrix has NaN/Inf entries: the layer's inputs overflowed; "
                         "collect statistics in float32 or lower the sequence length.")
     g = (g + g.mT) / 2  # clone + symmetrize: fp32 accumulation is not exactly symmetric
     diag = torch.diagonal(g)
@@ -192,7 +192,7 @@ def positive_weights(v: torch.Tensor, rel_floor: float = 1e-6) -> tuple[torch.Te
     """
     v = v.detach().to(torch.float64).clone()
     if not bool(torch.isfinite(v).all()):
-        raise UserError("importance weights have NaN/Inf entries: the statistics overflowed; "
+        raise ValueError("importance weights have NaN/Inf entries: the statistics overflowed; "
                         "collect them in float32.")
     mean = float(v.clamp_min(0).mean())
     floor = rel_floor * mean if mean > 0 else 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from compressor.errors import UserError
+
 
 def magnitude_mask(w: Tensor, sparsity: float) -> Tensor:
     """Keep the largest |w| in each row (per-row, as Wanda compares within an output row).
@@ -14,7 +14,7 @@ def magnitude_mask(w: Tensor, sparsity: float) -> Tensor:
     score tensor (e.g. Wanda's |W|·‖x‖). Returns bool (out, in), True = kept.
     """
     if not 0.0 <= sparsity <= 1.0:
-        raise UserError(f"sparsity={sparsity} must be between 0 and 1 (fraction removed).")
+        raise ValueError(f"sparsity={sparsity} must be between 0 and 1 (fraction removed).")
     out_f, in_f = w.shape
     keep = in_f - int(round(sparsity * in_f))
     mask = torch.zeros(out_f, in_f, dtype=torch.bool, device=w.device)
@@ -29,9 +29,9 @@ def n_m_mask(w: Tensor, n: int = 2, m: int = 4, score: Tensor | None = None) -> 
     (default |w|). Returns bool (out, in), True = kept."""
     out_f, in_f = w.shape
     if not 0 < n <= m:
-        raise UserError(f"N:M pattern {n}:{m} is invalid; need 0 < N <= M (e.g. 2:4).")
+        raise ValueError(f"N:M pattern {n}:{m} is invalid; need 0 < N <= M (e.g. 2:4).")
     if in_f % m:
-        raise UserError(f"N:M pruning needs in_features divisible by M; {in_f} % {m} != 0. "
+        raise ValueError(f"N:M pruning needs in_features divisible by M; {in_f} % {m} != 0. "
                         "Use unstructured pruning for this layer.")
     s = (w.detach().abs() if score is None else score.detach()).reshape(out_f, in_f // m, m)
     idx = s.topk(n, dim=2).indices

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
 from compressor.primitives.grids import check_bits
+
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
     """Little-endian bitstream: code k occupies bits [k·bits, (k+1)·bits); ceil(n·bits/8) bytes.

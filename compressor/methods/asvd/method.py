@@ -7,13 +7,17 @@ S = diag(mean|x|^alpha) and undo S on the input factor. alpha = 0 is plain SVD.
 from __future__ import annotations
 
 from typing import Any
+
 import torch
-from compressor.primitives.linalg import positive_weights, weighted_truncation_rows_cols
+
+from compressor.core.method import require_stat
 from compressor.core.registry import register
 from compressor.core.types import Target
-from compressor.core.method import require_stat
 from compressor.methods.lowrank_family import LowRankMethod
+from compressor.primitives.linalg import positive_weights, weighted_truncation_rows_cols
+
 from .config import ASVDConfig
+
 
 @register
 class ASVD(LowRankMethod):

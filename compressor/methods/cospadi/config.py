@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
+
 from compressor.core.method import MethodConfig
+
 
 class CoSpaDiConfig(MethodConfig):
     method: Literal["cospadi"] = "cospadi"

@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
 import torch
-from compressor.errors import UserError
-from compressor.primitives.linalg import whitening
-from compressor.parts.base import CompressedLinear
-from compressor.parts.dictionary import DictionaryPart
-from compressor.primitives.sparse_coding import ksvd
+
+from compressor.core.method import Method, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
+from compressor.errors import UserError
+from compressor.parts.base import CompressedLinear
+from compressor.parts.dictionary import DictionaryPart
+from compressor.primitives.linalg import whitening
+from compressor.primitives.sparse_coding import ksvd
+
 from .config import CoSpaDiConfig
 from .sizing import dictionary_size
-from compressor.core.method import require_stat
 
 # Entries of the convergence list kept in the report.
 MAX_LOGGED_ERRORS = 12

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from compressor.errors import UserError
+
 from compressor.parts.dictionary import support_bytes_per_row, support_encoding
+
 
 def dictionary_cost(out_features: int, in_features: int, k: int, s: int,
                     value_bytes: int) -> float:
@@ -16,7 +17,7 @@ def dictionary_cost(out_features: int, in_features: int, k: int, s: int,
 
 def dictionary_size(out_features: int, in_features: int, ratio: float, s: int | None,
                     value_bytes: int, name: str = "matrix") -> tuple[int, int]:
-    """The largest k (and its s) whose cost fits (1 − ratio)·out·in; UserError if none."""
+    """The largest k (and its s) whose cost fits (1 − ratio)·out·in; ValueError if none."""
     budget = (1.0 - ratio) * out_features * in_features + 1e-9
 
     def s_of(k: int) -> int:
@@ -33,9 +34,9 @@ def dictionary_size(out_features: int, in_features: int, ratio: float, s: int | 
     what = f"{name} ({out_features}x{in_features})"
     if k < 1 or k < s_of(k):
         need = s_of(max(k, 1))
-        raise UserError(f"cospadi: ratio {ratio} leaves no dictionary with k >= s={need} "
+        raise ValueError(f"cospadi: ratio {ratio} leaves no dictionary with k >= s={need} "
                         f"atoms for {what}: lower the ratio or atoms_per_column.")
     if s_of(k) > in_features:
-        raise UserError(f"cospadi: atoms_per_column {s_of(k)} exceeds the {in_features} "
+        raise ValueError(f"cospadi: atoms_per_column {s_of(k)} exceeds the {in_features} "
                         f"input features of {what}: use at most {in_features}.")
     return k, s_of(k)

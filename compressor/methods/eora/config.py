@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from typing import Literal
+
 from pydantic import Field
+
 from compressor.core.method import MethodConfig
+
 
 class EoraConfig(MethodConfig):
     method: Literal["eora"] = "eora"

@@ -19,21 +19,8 @@ from typing import Any
 import torch
 
 import compressor.primitives.linalg as linalg
-from compressor.errors import UserError
 from compressor.primitives.grids import UniformQ, quantize_rtn
-
-
-def _check_rank(delta: torch.Tensor, rank: int) -> None:
-    m, n = delta.shape
-    if not 1 <= rank <= min(m, n):
-        raise UserError(f"compensation rank {rank} does not fit a {m}x{n} layer; "
-                        f"choose --rank between 1 and {min(m, n)}")
-
-
-def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
-    """tr(ΔW G ΔWᵀ) in fp64: the summed squared output error over the calibration tokens."""
-    d = delta.double()
-    return float(((d @ gram.double()) * d).sum())
+from compressor.primitives.linalg import check_rank
 
 
 def eora_factors(delta: torch.Tensor, gram: torch.Tensor, rank: int,
@@ -44,7 +31,7 @@ def eora_factors(delta: torch.Tensor, gram: torch.Tensor, rank: int,
     lambda_max, whitened_residual (fraction of tr(ΔW G' ΔWᵀ) left after compensation, with
     G' the floored gram).
     """
-    _check_rank(delta, rank)
+    check_rank(*delta.shape, rank, "the compensated layer")
     n = delta.shape[1]
     if gram.shape != (n, n):
         raise ValueError(f"gram is {tuple(gram.shape)}, expected ({n}, {n})")
@@ -86,7 +73,7 @@ def eora_factors(delta: torch.Tensor, gram: torch.Tensor, rank: int,
 def svd_compensation(delta: torch.Tensor, rank: int
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Baseline: rank-``rank`` truncated SVD of ΔW itself (ignores the inputs)."""
-    _check_rank(delta, rank)
+    check_rank(*delta.shape, rank, "the compensated layer")
     u, s, vh = linalg.truncated_svd(delta, rank, method="full")
     a, b = linalg.lowrank_factors(u, s, vh, torch.float32)
     total = float(delta.double().pow(2).sum())

@@ -8,20 +8,18 @@ one part: a float low-rank path, or a quantized one when lowrank_bits is set.
 
 from __future__ import annotations
 
-import torch
 import compressor.methods.eora.factors as eora
+from compressor.core.measures import relative_output_error
+from compressor.core.method import Method, require_stat
+from compressor.core.registry import register
+from compressor.core.types import Compressed, Target
 from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.qlowrank import QuantLowRankPart
-from compressor.core.registry import register
-from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
-from .config import EoraConfig
-from compressor.core.method import require_stat
+from compressor.primitives.linalg import check_rank
 
-def _relative_output_error(delta: torch.Tensor, gram: torch.Tensor, ref: float) -> float:
-    return eora.output_error(delta, gram) / ref if ref > 0 else 0.0
+from .config import EoraConfig
 
 
 @register
@@ -40,9 +38,7 @@ class EoRA(Method):
                             "e.g. `--base gptq` (or rtn, prune, svd) before the eora stage")
         gram = require_stat(target, "gram")
         m, n = target.weight.shape
-        if cfg.rank > min(m, n):
-            raise UserError(f"eora rank {cfg.rank} does not fit {target.name} ({m}x{n}); "
-                            f"use --rank <= {min(m, n)}")
+        check_rank(m, n, cfg.rank, target.name)
         w = target.weight.float()
         delta = w - previous.dense_weight().to(w.device)
         if cfg.compensation == "eora":
@@ -55,9 +51,8 @@ class EoRA(Method):
             qa, qb = eora.quantize_factors(a, b, cfg.lowrank_bits, cfg.lowrank_group_size)
             part = QuantLowRankPart.from_quant(qa, qb)
         # Errors of what is actually stored (dtype cast / quantized factors included).
-        ref = eora.output_error(w, gram)
-        before = _relative_output_error(delta, gram, ref)
-        after = _relative_output_error(delta - part.dense().to(delta.device), gram, ref)
+        before = relative_output_error(delta, w, gram) ** 2
+        after = relative_output_error(delta - part.dense().to(delta.device), w, gram) ** 2
         bias = previous.bias if previous.bias is not None else target.bias
         module = CompressedLinear(m, n, list(previous.parts) + [part], bias)
         info = {"rank": cfg.rank, "compensation": cfg.compensation,

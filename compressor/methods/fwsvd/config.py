@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from typing import Literal
+
 from pydantic import Field
+
 from compressor.methods.lowrank_family import LowRankConfig
+
 
 class FWSVDConfig(LowRankConfig):
     method: Literal["fwsvd"] = "fwsvd"

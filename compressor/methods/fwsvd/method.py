@@ -8,14 +8,18 @@ truncated SVD of I·W and a division undoing I on the factor.
 from __future__ import annotations
 
 from typing import Any
+
 import torch
-from compressor.primitives.linalg import weighted_truncation_rows_cols
+
+from compressor.core.method import require_stat
 from compressor.core.registry import register
 from compressor.core.types import Target
-from compressor.core.method import require_stat
 from compressor.methods.lowrank_family import LowRankMethod
+from compressor.primitives.linalg import weighted_truncation_rows_cols
+
 from .config import FWSVDConfig
 from .weights import fisher_weights
+
 
 @register
 class FWSVD(LowRankMethod):

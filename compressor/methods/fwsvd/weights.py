@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+
 from compressor.primitives.linalg import positive_weights
+
 
 def fisher_weights(row_sums: torch.Tensor, col_sums: torch.Tensor, axis: str
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:

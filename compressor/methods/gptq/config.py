@@ -8,6 +8,7 @@ from pydantic import Field
 
 from compressor.methods.rtn.config import RTNConfig
 
+
 class GPTQConfig(RTNConfig):
     """RTN's grid options plus GPTQ's own."""
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from compressor.methods.gptq.solver import gptq_quantize
-from compressor.errors import UserError
-from compressor.parts.base import CompressedLinear
-from compressor.parts.quantized import UniformQuantPart
+from compressor.core.method import Method
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
+from compressor.errors import UserError
+from compressor.methods.gptq.solver import gptq_quantize
+from compressor.parts.base import CompressedLinear
+from compressor.parts.quantized import UniformQuantPart
+
 from .config import GPTQConfig
+
 
 @register
 class GPTQ(Method):

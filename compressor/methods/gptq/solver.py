@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from compressor.errors import UserError
-from compressor.primitives.grids import UniformQ, check_bits, group_index, group_len, n_groups, quantize_rtn, round_codes, scale_zero
+
+from compressor.primitives.grids import (
+    UniformQ,
+    check_bits,
+    group_index,
+    group_len,
+    n_groups,
+    quantize_rtn,
+    round_codes,
+    scale_zero,
+)
+
 
 def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym: bool = False,
                   percdamp: float = 0.01, blocksize: int = 128, act_order: bool = False,
@@ -27,7 +37,7 @@ def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym
     maxq = 2 ** bits - 1
     H = gram.detach().to(device=W.device, dtype=torch.float64).clone()
     if H.shape != (in_f, in_f) or not bool(torch.isfinite(H).all()):
-        raise UserError(f"GPTQ: gram must be a finite ({in_f}, {in_f}) matrix, got "
+        raise ValueError(f"GPTQ: gram must be a finite ({in_f}, {in_f}) matrix, got "
                         f"{tuple(H.shape)}; recollect calibration statistics.")
     diag = torch.diagonal(H)
     dead = diag == 0
@@ -54,7 +64,7 @@ def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym
             if bool(torch.isfinite(Hinv).all()):
                 break
         if retries >= max_retries:
-            raise UserError(f"GPTQ: Hessian not positive definite even with damping {float(damp):.3g}; "
+            raise ValueError(f"GPTQ: Hessian not positive definite even with damping {float(damp):.3g}; "
                             "raise percdamp or use more calibration data.")
         damp, retries = damp * 10, retries + 1
     Hinv = Hinv.float()

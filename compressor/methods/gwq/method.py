@@ -16,16 +16,18 @@ GWQ is compared against.
 from __future__ import annotations
 
 import torch
+
+from compressor.core.method import Method, require_stat
+from compressor.core.registry import register
+from compressor.core.types import Compressed, Target
 from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear, Part
 from compressor.parts.quantized import UniformQuantPart
 from compressor.parts.sparse import SparsePart
-from compressor.core.registry import register
-from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
+
 from .config import GWQConfig
 from .outliers import gwq_quantize, outlier_dtype
-from compressor.core.method import require_stat
+
 
 def _score(target: Target, cfg: GWQConfig) -> torch.Tensor:
     w = target.weight
@@ -78,6 +80,5 @@ class GWQ(Method):
             "bits": cfg.bits, "group_size": cfg.group_size, "sym": cfg.sym,
             "outlier_frac": info["outliers"] / w.numel(), "outlier_score": cfg.outlier_score,
             "inner": cfg.inner,
-            "bits_per_weight": round(8 * sum(p.stored_bytes() for p in parts) / w.numel(), 4),
         })
         return Compressed(module, info)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+
 import torch
-from compressor.primitives.grids import UniformQ, dequantize, quantize_rtn
+
 from compressor.methods.gptq.solver import gptq_quantize
+from compressor.primitives.grids import UniformQ, dequantize, quantize_rtn
+
 from .config import GWQConfig
+
 
 def outlier_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     """bool mask (shape of ``score``), True at the exact top-k entries of ``score``."""

@@ -10,15 +10,18 @@ largest norms ‖R[:, j]‖, which are stored densely.
 from __future__ import annotations
 
 import torch
-from compressor.primitives.linalg import lowrank_factors, truncated_svd
+
+from compressor.core.method import Method
+from compressor.core.registry import register
+from compressor.core.types import Compressed, Target
 from compressor.parts.base import CompressedLinear
 from compressor.parts.channels import ChannelSparsePart
 from compressor.parts.lowrank import LowRankPart
-from compressor.core.registry import register
-from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
+from compressor.primitives.linalg import lowrank_factors, truncated_svd
+
 from .config import LOSTConfig
 from .sizing import lost_sizes
+
 
 @register
 class LOST(Method):

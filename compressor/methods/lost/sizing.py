@@ -7,9 +7,12 @@ value bytes) <= (1 − ratio)·m·n, with a fraction sparse_frac of it for the c
 from __future__ import annotations
 
 import math
+
 import torch
-from compressor.errors import UserError
+
+from compressor.primitives.linalg import check_rank
 from compressor.primitives.sparse_coding import index_dtype
+
 
 def lost_sizes(m: int, n: int, ratio: float, sparse_frac: float, rank: int | None,
                value_bytes: int, name: str = "matrix") -> tuple[int, int]:
@@ -24,10 +27,8 @@ def lost_sizes(m: int, n: int, ratio: float, sparse_frac: float, rank: int | Non
         r = rank
         c = math.floor(sparse_frac / (1.0 - sparse_frac) * r * (m + n) / channel_cost + 1e-9)
     c = min(c, n)
-    if not 1 <= r <= min(m, n):
-        raise UserError(f"lost: rank {r} does not fit {what}: use a rank in 1..{min(m, n)} "
-                        f"(or a lower ratio / sparse_frac).")
+    check_rank(m, n, r, f"lost: {what}")
     if rank is not None and r * (m + n) + c * channel_cost >= m * n:
-        raise UserError(f"lost: rank {r} with {c} channels keeps as many parameters as the "
+        raise ValueError(f"lost: rank {r} with {c} channels keeps as many parameters as the "
                         f"dense {what}: lower the rank or sparse_frac.")
     return r, c

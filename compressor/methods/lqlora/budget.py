@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
+
 import numpy as np
 import torch
-from compressor.errors import UserError
+
 from .decompose import Quantizer
+
 
 @dataclass(frozen=True)
 class NFConfig:
@@ -119,7 +121,7 @@ def ilp_allocate(errors: Any, bits: Any, numels: Any, budget_bits_per_weight: fl
     max_bits = float(wcost.max(axis=1).sum())
     budget = float(budget_bits_per_weight)
     if budget < min_bits:
-        raise UserError(f"the budget {budget:.4f} bits/weight is below the smallest "
+        raise ValueError(f"the budget {budget:.4f} bits/weight is below the smallest "
                         f"configuration {min_bits:.4f}; raise --bits")
 
     rows = np.arange(k)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from typing import Literal
+
 from pydantic import Field, model_validator
-from compressor.methods.lqlora.budget import DEFAULT_BLOCK_SIZES, DEFAULT_NF_BITS
+
 from compressor.core.method import MethodConfig
+from compressor.methods.lqlora.budget import DEFAULT_BLOCK_SIZES, DEFAULT_NF_BITS
+
 
 class LQLoRAConfig(MethodConfig):
     method: Literal["lqlora"] = "lqlora"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable
+
 import torch
+
 import compressor.primitives.linalg as linalg
-from compressor.errors import UserError
+from compressor.primitives.linalg import check_rank
 
 Quantizer = Callable[[torch.Tensor], tuple[torch.Tensor, Any]]
 
@@ -45,9 +47,7 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
     each full step), error (best, relative), abs_error (best, weighted squared), weight_floored.
     """
     m, n = w.shape
-    if not 0 <= rank <= min(m, n):
-        raise UserError(f"LQ-LoRA rank {rank} does not fit a {m}x{n} matrix; "
-                        f"use --rank between 0 and {min(m, n)}")
+    check_rank(m, n, rank, "the LQ-LoRA matrix", zero_ok=True)
     if max_iters < 0:
         raise ValueError("max_iters must be >= 0")
     w = w.float()

@@ -9,18 +9,28 @@ compress() runs the full decomposition with the planned configuration.
 from __future__ import annotations
 
 from typing import Any
+
 import torch
-from compressor.methods.lqlora.budget import NFConfig, candidate_configs, config_bits, ilp_allocate, nf_quantizer
+
+from compressor.core.method import Method
+from compressor.core.registry import register
+from compressor.core.types import Compressed, Target
+from compressor.errors import MissingStatistic, UserError
+from compressor.methods.lqlora.budget import (
+    NFConfig,
+    candidate_configs,
+    config_bits,
+    ilp_allocate,
+    nf_quantizer,
+)
 from compressor.methods.lqlora.decompose import lq_decompose
-from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.quantized import NFQuantPart
-from compressor.core.registry import register
-from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
+from compressor.primitives.linalg import check_rank
+
 from .config import LQLoRAConfig
-from compressor.errors import MissingStatistic
+
 
 def _fisher_weights(fisher: torch.Tensor | None, name: str
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,9 +110,7 @@ class LQLoRA(Method):
             conf = NFConfig(int(target.plan["nf_bits"]), int(target.plan["block_size"]))
         else:
             conf = NFConfig(int(cfg.bits), cfg.block_size)
-        if cfg.rank > min(m, n):
-            raise UserError(f"lqlora rank {cfg.rank} does not fit {target.name} ({m}x{n}); "
-                            f"use --rank <= {min(m, n)}")
+        check_rank(m, n, cfg.rank, target.name, zero_ok=True)
         rw = cw = None
         if cfg.fisher_weighted:
             rw, cw = _fisher_weights(target.stats.fisher, target.name)
@@ -114,10 +122,8 @@ class LQLoRA(Method):
         if cfg.rank > 0:
             parts.append(LowRankPart(a.to(target.dtype), b.to(target.dtype)))
         module = CompressedLinear(m, n, parts, target.bias)
-        stored = sum(p.stored_bytes() for p in parts)
         info = {"nf_bits": conf.bits, "block_size": conf.block_size, "rank": cfg.rank,
                 "iterations": dinfo["iterations"], "error": dinfo["error"],
-                "bits_per_weight": 8.0 * stored / (m * n),
                 "fisher_weighted": cfg.fisher_weighted,
                 "weight_floored": dinfo["weight_floored"]}
         if "planned_error" in target.plan:

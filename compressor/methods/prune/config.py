@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Literal
+
 from pydantic import Field
 
 from compressor.core.method import MethodConfig
+
 
 class PruneConfig(MethodConfig):
     method: Literal["prune"] = "prune"

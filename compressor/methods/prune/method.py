@@ -7,14 +7,15 @@ honest for unstructured sparsity. For N:M that format costs as much as dense at 
 
 from __future__ import annotations
 
-from compressor.primitives.masks import magnitude_mask, n_m_mask
-from compressor.parts.base import CompressedLinear
-from compressor.parts.sparse import SparsePart
+from compressor.core.method import Method, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
+from compressor.parts.base import CompressedLinear
+from compressor.parts.sparse import SparsePart
+from compressor.primitives.masks import magnitude_mask, n_m_mask
+
 from .config import PruneConfig
-from compressor.core.method import require_stat
+
 
 @register
 class Prune(Method):

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from compressor.core.method import MethodConfig
 
+
 class RTNConfig(MethodConfig):
     method: Literal["rtn"] = "rtn"
     bits: int = Field(4, ge=2, le=8, description="bits per weight code (2..8)")

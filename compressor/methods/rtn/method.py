@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from compressor.primitives.grids import quantize_rtn
-from compressor.parts.base import CompressedLinear
-from compressor.parts.quantized import UniformQuantPart
+from compressor.core.method import Method
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
-from compressor.core.method import Method
+from compressor.parts.base import CompressedLinear
+from compressor.parts.quantized import UniformQuantPart
+from compressor.primitives.grids import quantize_rtn
+
 from .config import RTNConfig
+
 
 @register
 class RTN(Method):

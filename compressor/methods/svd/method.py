@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from typing import Any
+
 import torch
-from compressor.primitives.linalg import lowrank_factors, truncated_svd
+
 from compressor.core.registry import register
 from compressor.core.types import Target
 from compressor.methods.lowrank_family import LowRankMethod
+from compressor.primitives.linalg import lowrank_factors, truncated_svd
 
 from .config import SVDConfig
+
 
 @register
 class SVD(LowRankMethod):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from typing import Literal
+
 from pydantic import Field
+
 from compressor.core.method import MethodConfig
+
 
 class WeLoreConfig(MethodConfig):
     method: Literal["welore"] = "welore"

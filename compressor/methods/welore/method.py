@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from compressor.core.registry import register
 from compressor.methods.svd.method import SVD
+
 from .config import WeLoreConfig
+
 
 @register
 class WeLore(SVD):

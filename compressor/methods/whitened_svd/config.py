@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
+
 from compressor.methods.lowrank_family import LowRankConfig
+
 
 class WhitenedSVDConfig(LowRankConfig):
     method: Literal["whitened-svd"] = "whitened-svd"

@@ -7,13 +7,17 @@ through L⁻¹, is the best rank-k factorization for the calibration inputs.
 from __future__ import annotations
 
 from typing import Any
+
 import torch
-from compressor.primitives.linalg import whitened_truncation, whitening
+
+from compressor.core.method import require_stat
 from compressor.core.registry import register
 from compressor.core.types import Target
-from compressor.core.method import require_stat
 from compressor.methods.lowrank_family import LowRankMethod
+from compressor.primitives.linalg import whitened_truncation, whitening
+
 from .config import WhitenedSVDConfig
+
 
 @register
 class WhitenedSVD(LowRankMethod):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    LlamaRotaryEmbedding,
+)
 
-from compressor.models import target_linears
 from compressor.core.stats import LayerStatsCollector
+from compressor.models import target_linears
 
 
 def test_grams_match_brute_force_and_sharing_is_by_identity():

@@ -5,16 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.errors import MissingStatistic, UserError
-from compressor.primitives.linalg import lowrank_factors, truncated_svd, whitened_truncation, whitening
 from compressor.core.registry import get_method
 from compressor.core.types import LinearStats, Target
+from compressor.errors import MissingStatistic, UserError
 from compressor.methods.cospadi.sizing import dictionary_cost, dictionary_size
 from compressor.parts import dictionary as dictionary_mod
 from compressor.parts.base import CompressedLinear
 from compressor.parts.channels import ChannelSparsePart
+from compressor.parts.dictionary import (
+    DictionaryPart,
+    support_bytes_per_row,
+    support_encoding,
+)
+from compressor.primitives.linalg import (
+    lowrank_factors,
+    truncated_svd,
+    whitened_truncation,
+    whitening,
+)
 from compressor.primitives.sparse_coding import ksvd
-from compressor.parts.dictionary import DictionaryPart, support_bytes_per_row, support_encoding
 
 OUT, IN, TOKENS = 128, 64, 512
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from compressor import models
-from compressor.models import resolve as resolve_mod
 from compressor.errors import UserError
+from compressor.models import resolve as resolve_mod
 
 LLAMA_ORDER = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]

@@ -6,11 +6,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from compressor.errors import MissingStatistic, UserError
 from compressor.core.registry import get_method
 from compressor.core.types import LinearStats, Target
-from compressor.primitives.grids import dequantize, quantize_rtn
+from compressor.errors import MissingStatistic, UserError
 from compressor.methods.gptq.solver import gptq_quantize
+from compressor.primitives.grids import dequantize, quantize_rtn
 
 OUT, IN = 64, 96
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.primitives.grids import dequantize, dequantize_nf, n_groups, quantize_nf, quantize_rtn
-from compressor.methods.gptq.solver import gptq_quantize
-from compressor.primitives.masks import magnitude_mask, n_m_mask
-from compressor.errors import UserError
-from compressor.core.types import LinearStats, Target
 from compressor.core.registry import get_method
+from compressor.core.types import LinearStats, Target
+from compressor.errors import UserError
+from compressor.methods.gptq.solver import gptq_quantize
 from compressor.parts import PART_TYPES, CompressedLinear
 from compressor.parts.quantized import NFQuantPart, UniformQuantPart
 from compressor.parts.sparse import SparsePart
+from compressor.primitives.grids import (
+    dequantize,
+    dequantize_nf,
+    n_groups,
+    quantize_nf,
+    quantize_rtn,
+)
+from compressor.primitives.masks import magnitude_mask, n_m_mask
 
 
 def _gen(seed: int = 0) -> torch.Generator:

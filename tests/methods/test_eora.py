@@ -6,13 +6,14 @@ import pytest
 import torch
 
 import compressor.methods.eora.factors as eora
-from compressor.primitives.grids import dequantize, quantize_rtn
-from compressor.errors import UserError
+from compressor.core.measures import output_error
 from compressor.core.registry import get_method
 from compressor.core.types import LinearStats, Target
+from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.qlowrank import QuantLowRankPart
+from compressor.primitives.grids import dequantize, quantize_rtn
 
 M, N = 24, 40
 
@@ -52,8 +53,8 @@ def test_rank_r_is_optimal_in_output_error_and_beats_plain_svd():
     r = 6
     a, b, _ = eora.eora_factors(d, gram, r)
     a2, b2, _ = eora.svd_compensation(d, r)
-    e_eora = eora.output_error(d - b @ a, gram)
-    e_svd = eora.output_error(d - b2 @ a2, gram)
+    e_eora = output_error(d - b @ a, gram)
+    e_svd = output_error(d - b2 @ a2, gram)
     # Known answer: the tail of the singular values of ΔW·L (Eckart–Young in the G metric).
     L = torch.linalg.cholesky(gram.double())
     s = torch.linalg.svdvals(d.double() @ L)
@@ -74,7 +75,7 @@ def test_singular_gram_is_floored_and_counted():
     assert info["eig_floored"] == 2
     assert info["eig_floor"] == pytest.approx(1e-6 * info["lambda_max"])
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
-    assert eora.output_error(d - b @ a, gram) < eora.output_error(d, gram)
+    assert output_error(d - b @ a, gram) < output_error(d, gram)
     # Fewer tokens than channels: the missing directions are floored too.
     few = torch.randn(10, N, generator=g)
     _, _, info2 = eora.eora_factors(d, few.T @ few, rank=4)
@@ -134,8 +135,8 @@ def test_eora_stage_keeps_previous_parts_and_adds_one(base):
     assert info["rank"] == 8 and info["compensation"] == "eora"
     assert info["output_error_after"] < info["output_error_before"]
     delta_after = w - out.module.dense_weight()
-    ref = eora.output_error(w, gram)
-    assert info["output_error_after"] == pytest.approx(eora.output_error(delta_after, gram) / ref,
+    ref = output_error(w, gram)
+    assert info["output_error_after"] == pytest.approx(output_error(delta_after, gram) / ref,
                                                        rel=1e-4)
     # The plain-SVD baseline is worse in the output metric.
     svd = em.compress(target, em.Config(rank=8, compensation="svd"), prev).info

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.methods.lqlora.budget import NFConfig, candidate_configs, config_bits, ilp_allocate, nf_quantizer
+from compressor.errors import MissingStatistic, UserError
+from compressor.methods.lqlora.budget import (
+    NFConfig,
+    candidate_configs,
+    config_bits,
+    ilp_allocate,
+    nf_quantizer,
+)
 from compressor.methods.lqlora.decompose import lq_decompose
 from compressor.primitives.grids import dequantize_nf, quantize_nf
-from compressor.errors import MissingStatistic, UserError
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -5,9 +5,18 @@ import math
 import pytest
 import torch
 
-from compressor.primitives.allocation import uniform_ranks, welore_ranks
 from compressor.errors import UserError
-from compressor.primitives.linalg import lowrank_factors, positive_weights, rank_from_ratio, singular_values, truncated_svd, weighted_truncation_rows_cols, whitened_truncation, whitening
+from compressor.primitives.allocation import uniform_ranks, welore_ranks
+from compressor.primitives.linalg import (
+    lowrank_factors,
+    positive_weights,
+    rank_from_ratio,
+    singular_values,
+    truncated_svd,
+    weighted_truncation_rows_cols,
+    whitened_truncation,
+    whitening,
+)
 
 
 def gen(seed=0):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.data import calibration_windows
-from compressor.primitives.linalg import whitened_truncation, whitening
 from compressor.core.registry import get_method
 from compressor.core.types import LinearStats, Target
+from compressor.data import calibration_windows
 from compressor.models import load_model
+from compressor.primitives.linalg import whitened_truncation, whitening
 
 pytestmark = pytest.mark.slow
 LAYER = 3

@@ -5,11 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.primitives.grids import dequantize, dequantize_nf, group_index, n_groups, nf_absmax_from_double_quant, nf_levels, quantize_nf, quantize_rtn, scale_zero
+from compressor.errors import UserError
 from compressor.methods.gptq.solver import gptq_quantize
+from compressor.primitives.grids import (
+    dequantize,
+    dequantize_nf,
+    group_index,
+    n_groups,
+    nf_absmax_from_double_quant,
+    nf_levels,
+    quantize_nf,
+    quantize_rtn,
+    scale_zero,
+)
 from compressor.primitives.masks import magnitude_mask, n_m_mask
 from compressor.primitives.packing import pack_bits, unpack_bits
-from compressor.errors import UserError
 
 # QLoRA's NF4 table (bitsandbytes / the paper's appendix).
 NF4_QLORA = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,

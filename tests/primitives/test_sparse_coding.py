@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.primitives.sparse_coding import batch_omp, dense_codes, ksvd, ls_on_support
+from compressor.primitives.sparse_coding import (
+    batch_omp,
+    dense_codes,
+    ksvd,
+    ls_on_support,
+)
 
 
 def _unit_dictionary(d: int, k: int, g: torch.Generator) -> torch.Tensor:

@@ -6,8 +6,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from compressor.core.gradients import (
+    gradient_fingerprint,
+    gradient_stats,
+    load_gradient_stats,
+    save_gradient_stats,
+)
 from compressor.errors import UserError
-from compressor.core.gradients import gradient_fingerprint, gradient_stats, load_gradient_stats, save_gradient_stats
 
 TARGETS = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj",
            "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.gate_proj"]

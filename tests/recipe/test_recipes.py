@@ -16,7 +16,7 @@ import yaml
 from compressor.errors import UserError
 from compressor.recipe import load_recipe, parse_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FULL = sorted((ROOT / "recipes").glob("*.yaml"))
 SMALL = sorted((ROOT / "recipes" / "small").glob("*.yaml"))
 FAST_CAL = ["--calib", "builtin", "--nsamples", "2", "--seqlen", "32"]

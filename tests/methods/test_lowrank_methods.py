@@ -4,11 +4,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from compressor.errors import UserError
-from compressor.primitives.linalg import lowrank_factors, truncated_svd
 from compressor.core.registry import REGISTRY
 from compressor.core.types import LinearStats, Target
+from compressor.errors import UserError
 from compressor.parts.lowrank import DensePart, LowRankPart
+from compressor.primitives.linalg import lowrank_factors, truncated_svd
 
 M, N = 48, 64
 
