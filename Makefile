@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA packages
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,data]'
+	$(BIN)/python -m pip install -q -e '.[test,data,export]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 setup: $(STAMP)

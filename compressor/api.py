@@ -163,12 +163,12 @@ class DeviceWeights(Mapping):
 def _gradients(recipe, model, windows, target_names, want, device, progress):
     """Fisher / |grad| of the targets: loaded from --fisher-file when it matches, else computed
     (and saved there). The file is keyed by the windows and target shapes it was made from."""
-    from compressor.core.gradients import (
+    from compressor.core.gradient_file import (
         gradient_fingerprint,
-        gradient_stats,
         load_gradient_stats,
         save_gradient_stats,
     )
+    from compressor.core.gradients import gradient_stats
 
     g = recipe.gradients
     n = min(g.nsamples or windows.shape[0], windows.shape[0])

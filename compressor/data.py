@@ -288,7 +288,7 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int,
 
 def eval_windows(tokenizer, source: str, seqlen: int, max_windows: int | None = None,
                  seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """Evaluation windows (n, seqlen) and their provenance, GPTQ protocol (DESIGN §3).
+    """Evaluation windows (n, seqlen) and their provenance, GPTQ protocol (README, Calibration and evaluation text).
 
     Test split joined with "\\n\\n", tokenized once without special tokens, cut into
     non-overlapping windows, tail dropped. C4: 256 seeded windows from validation documents

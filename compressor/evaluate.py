@@ -80,7 +80,7 @@ def _model_dtype(model) -> str:
 def evaluate(model, tokenizer, dataset: str, seqlen: int, max_windows: int | None = None,
              device: str | torch.device = "cpu", progress: Progress | None = None,
              batch_size: int = 1) -> dict:
-    """One perplexity result with everything needed to reproduce it (DESIGN §3)."""
+    """One perplexity result with everything needed to reproduce it (README, Calibration and evaluation text)."""
     requested = seqlen
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if max_pos is not None and seqlen > max_pos:

@@ -246,7 +246,7 @@ def _details(rows: list[dict[str, Any]]) -> list[str]:
                   f"  - command: `{r.get('command', '')}`",
                   f"  - machine: {m.get('cpu_cores')} cores, {m.get('cpu_model')}, torch threads {m.get('torch_threads')}, "
                   f"GPU {gpu}, device {m.get('device')}, load average at start {m.get('loadavg_1m')}",
-                  f"  - versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+                  "  - versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
                   f"  - calibration: {cal.get('nsamples')}×{cal.get('seqlen')} tokens of {cal.get('dataset')} "
                   f"(seed {cal.get('seed')})" if r.get("family") != "dense" else "  - calibration: none (dense model)",
                   f"  - eval: {ev.get('dataset', '–')} {ev.get('split', '')}, seqlen {ev.get('seqlen', '–')}, "

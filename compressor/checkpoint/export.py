@@ -51,14 +51,9 @@ def export_dense(src: str | Path, dst: str | Path, force: bool = False) -> Path:
     return Path(dst)
 
 
-def export_peft_adapter(src: str | Path, dst: str | Path, force: bool = False) -> Path:
-    """Split the low-rank paths (EoRA / LQ-LoRA) into a PEFT LoRA adapter over a dense base.
-
-    ``dst/base`` is the model with every low-rank path removed (the quantized/pruned base,
-    dequantized); ``dst/adapter`` is a LoRA adapter (scaling 1) that restores the paths.
-    """
-    src = Path(src)
-    model = load_compressed(src)
+def split_lowrank_paths(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Remove every compressed linear's low-rank path (EoRA / LQ-LoRA) from ``model`` in place
+    and return it as PEFT LoRA tensors (float32, keyed as PEFT names them) and per-module ranks."""
     lora: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     for name, mod in compressed_modules(model).items():
@@ -73,24 +68,43 @@ def export_peft_adapter(src: str | Path, dst: str | Path, force: bool = False) -
         lora[f"base_model.model.{name}.lora_B.weight"] = B.contiguous()
         ranks[name] = A.shape[0]
         mod.parts = nn.ModuleList([p for p in mod.parts if p is not part])
+    return lora, ranks
+
+
+def write_lora_adapter(folder: Path, lora: dict[str, torch.Tensor], ranks: dict[str, int],
+                       dtype: torch.dtype) -> None:
+    """A PEFT LoRA adapter folder with scaling 1 (lora_alpha = r; rank_pattern and
+    alpha_pattern for the modules whose rank differs from the largest)."""
+    r = max(ranks.values())
+    kinds = sorted({n.rsplit(".", 1)[-1] for n in ranks})
+    folder.mkdir()
+    save_file({k: v.to(dtype) for k, v in lora.items()}, str(folder / "adapter_model.safetensors"))
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": r,
+           "target_modules": kinds, "rank_pattern": {n: k for n, k in ranks.items() if k != r},
+           "alpha_pattern": {n: k for n, k in ranks.items() if k != r},
+           "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+           "base_model_name_or_path": "../base", "init_lora_weights": True}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def export_peft_adapter(src: str | Path, dst: str | Path, force: bool = False) -> Path:
+    """Split the low-rank paths (EoRA / LQ-LoRA) into a PEFT LoRA adapter over a dense base.
+
+    ``dst/base`` is the model with every low-rank path removed (the quantized/pruned base,
+    dequantized); ``dst/adapter`` is a LoRA adapter (scaling 1) that restores the paths.
+    """
+    src = Path(src)
+    model = load_compressed(src)
+    lora, ranks = split_lowrank_paths(model)
     if not lora:
         raise UserError(f"{src} has no low-rank compensation paths to export; "
                         f"use a method with one (eora, lqlora) or --format dense")
     dtype = next(model.parameters()).dtype
     densify(model)
-    r = max(ranks.values())
-    kinds = sorted({n.rsplit(".", 1)[-1] for n in ranks})
     with atomic_dir(dst, force) as tmp:
         (tmp / "base").mkdir()
         _save_plain(model, src, tmp / "base")
-        (tmp / "adapter").mkdir()
-        save_file({k: v.to(dtype) for k, v in lora.items()}, str(tmp / "adapter" / "adapter_model.safetensors"))
-        cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": r,
-               "target_modules": kinds, "rank_pattern": {n: k for n, k in ranks.items() if k != r},
-               "alpha_pattern": {n: k for n, k in ranks.items() if k != r},
-               "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-               "base_model_name_or_path": "../base", "init_lora_weights": True}
-        (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+        write_lora_adapter(tmp / "adapter", lora, ranks, dtype)
         (tmp / "README.md").write_text(
             "# svdc PEFT export\n\n`adapter/` is a LoRA adapter (scaling 1: lora_alpha = r) that applies to the\n"
             "model in `base/`: the compressed model with its low-rank paths removed, with the\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -114,7 +114,6 @@ def sequential_compress(
     """
     progress = progress or NullProgress()
     times = {"capture": 0.0, "calibrate": 0.0, "compress": 0.0, "propagate": 0.0}
-    want_gram = True  # always: the report's output error on calibration inputs needs it
     want_absmean = "act_absmean" in needs
     model_was_training = model.training
     model.eval()
@@ -139,35 +138,22 @@ def sequential_compress(
         else:
             progress.advance("layers", 0, f"{note} calibrate")
             t = time.perf_counter()
-            with LayerStatsCollector(targets, want_gram, want_absmean) as collector:
-                for x in hidden:
-                    collector.new_call()
-                    run_layer(layer, x.to(device), kw)
-            layer_stats = collector.stats()
+            layer_stats = calibrate_layer(layer, targets, hidden, kw, device, want_absmean)
             times["calibrate"] += time.perf_counter() - t
             progress.advance("layers", 0, f"{note} compress")
             t = time.perf_counter()
             layer_records = []
             for rel, linear in targets.items():
                 full = prefix + rel
-                stats = layer_stats[rel]
-                if grad_stats is not None and full in grad_stats:
-                    g = grad_stats[full]
-                    stats = LinearStats(ntokens=stats.ntokens, gram=stats.gram,
-                                        act_absmean=stats.act_absmean,
-                                        fisher=_dev(g.get("fisher"), device),
-                                        fisher_rows=_dev(g.get("fisher_rows"), device),
-                                        fisher_cols=_dev(g.get("fisher_cols"), device),
-                                        grad_absmean=_dev(g.get("grad_absmean"), device))
+                stats = with_gradients(layer_stats.pop(rel), (grad_stats or {}).get(full), device)
                 module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
                                               device, seed, storage_dtype)
                 set_submodule(layer, rel, module)
                 layer_records.append(rec)
                 _log_numerics(rec)
-            del layer_stats
             times["compress"] += time.perf_counter() - t
             if resume is not None:
-                resume.save_layer(i, layer, layer_records, [rel for rel in targets])
+                resume.save_layer(i, layer, layer_records, list(targets))
             records.extend(layer_records)
         progress.advance("layers", 0, f"{note} propagate")
         t = time.perf_counter()
@@ -183,8 +169,31 @@ def sequential_compress(
     return SequentialResult(records=records, stage_seconds=times)
 
 
-def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if t is None else t.to(device=device, dtype=torch.float32)
+def calibrate_layer(layer: nn.Module, targets: dict[str, nn.Module], hidden: list[torch.Tensor],
+                    kwargs: dict[str, Any], device: torch.device,
+                    want_absmean: bool) -> dict[str, LinearStats]:
+    """Input statistics of every target linear of one layer over the calibration inputs.
+
+    The Gram is always collected: the report's output error on calibration inputs needs it.
+    """
+    with LayerStatsCollector(targets, True, want_absmean) as collector:
+        for x in hidden:
+            collector.new_call()
+            run_layer(layer, x.to(device), kwargs)
+    return collector.stats()
+
+
+def with_gradients(stats: LinearStats, grads: dict[str, torch.Tensor] | None,
+                   device: torch.device) -> LinearStats:
+    """``stats`` plus the target's gradient statistics (float32, on ``device``), if any."""
+    if grads is None:
+        return stats
+
+    def dev(name: str) -> torch.Tensor | None:
+        t = grads.get(name)
+        return None if t is None else t.to(device=device, dtype=torch.float32)
+    return replace(stats, fisher=dev("fisher"), fisher_rows=dev("fisher_rows"),
+                   fisher_cols=dev("fisher_cols"), grad_absmean=dev("grad_absmean"))
 
 
 _NOTEWORTHY = ("retries", "damp_retries", "eig_floored", "eig_floor_count", "floored", "dead_columns",

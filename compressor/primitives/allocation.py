@@ -19,7 +19,7 @@ from compressor.primitives.linalg import rank_from_ratio, singular_values
 
 
 def uniform_ranks(shapes: dict[str, tuple[int, int]], ratio: float) -> dict[str, int]:
-    """The same parameter ratio for every matrix (DESIGN §3): k = floor((1-R)mn/(m+n))."""
+    """The same parameter ratio for every matrix (README, Conventions: budget): k = floor((1-R)mn/(m+n))."""
     return {name: rank_from_ratio(m, n, ratio, name=name) for name, (m, n) in shapes.items()}
 
 

@@ -19,7 +19,7 @@ SvdMethod = Literal["full", "randomized"]
 # --- budget ----------------------------------------------------------------------------
 
 def rank_from_ratio(m: int, n: int, ratio: float, name: str | None = None) -> int:
-    """Rank whose factors keep (1 - ratio) of an m x n matrix's parameters (DESIGN §3).
+    """Rank whose factors keep (1 - ratio) of an m x n matrix's parameters (README, Conventions).
 
     k(m+n) parameters replace m*n, so k = floor((1 - ratio) * m * n / (m + n)).
     """

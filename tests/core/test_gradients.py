@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from compressor.core.gradients import (
+from compressor.core.gradient_file import (
     gradient_fingerprint,
-    gradient_stats,
     load_gradient_stats,
     save_gradient_stats,
 )
+from compressor.core.gradients import gradient_stats
 from compressor.errors import UserError
 
 TARGETS = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj",

@@ -221,7 +221,7 @@ def test_allocation_welore_works_for_fwsvd():
         if plan[k]["rank"] is not None:
             assert out.module.parts[0].rank == plan[k]["rank"] and "fisher_floored" in out.info
     with pytest.raises(UserError, match="welore"):
-        method.plan(weights, method.Config(rank=4, allocation="welore"))
+        method.run_plan(weights, method.Config(rank=4, allocation="welore"))
 
 
 def test_uniform_plan_is_empty():

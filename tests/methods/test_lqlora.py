@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from compressor.core.measures import bits_per_weight
 from compressor.errors import MissingStatistic, UserError
 from compressor.methods.lqlora.budget import (
     NFConfig,
@@ -81,7 +82,7 @@ def test_lq_constant_weights_change_nothing_and_fisher_weights_matter():
 
 
 def test_lq_rank_too_large_is_user_error():
-    with pytest.raises(UserError, match="rank"):
+    with pytest.raises(ValueError, match="rank"):
         lq_decompose(torch.randn(8, 12), 9, nf_quantizer(NFConfig(4, 8)))
 
 
@@ -131,7 +132,7 @@ def test_ilp_matches_brute_force_optimum():
 
 def test_ilp_infeasible_budget_is_user_error():
     bits = np.array([[2.5, 4.5], [2.6, 4.6]])
-    with pytest.raises(UserError, match="below the smallest configuration 2.55"):
+    with pytest.raises(ValueError, match="below the smallest configuration 2.55"):
         ilp_allocate(np.ones((2, 2)), bits, [10, 10], 2.0)
 
 
@@ -190,7 +191,7 @@ def test_method_plan_and_compress_meet_the_budget():
         assert [p.type_name for p in parts] == ["nf", "lowrank"]
         assert parts[0].bits == plan[name]["nf_bits"] == out.info["nf_bits"]
         # One source of truth: the planned cost is what the module stores.
-        assert out.info["bits_per_weight"] == pytest.approx(plan[name]["planned_bits"])
+        assert bits_per_weight(out.module) == pytest.approx(plan[name]["planned_bits"])
         stored_bits += 8 * sum(p.stored_bytes() for p in parts)
         assert torch.isfinite(out.module.dense_weight()).all()
         assert out.info["error"] <= plan[name]["planned_error"] * 1.05
@@ -219,4 +220,4 @@ def test_method_fixed_config_and_needs():
     with pytest.raises(ValueError):
         method.Config(bits=2.75, mixed=False)       # a fixed config needs an integer width
     with pytest.raises(UserError, match="raise --bits"):
-        method.plan({"x": w}, method.Config(bits=1.0, rank=4, nf_bits=[2], block_sizes=[64]))
+        method.run_plan({"x": w}, method.Config(bits=1.0, rank=4, nf_bits=[2], block_sizes=[64]))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from compressor.core.method import Method
+from compressor.core.method import Method, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
-from compressor.errors import UserError
 from compressor.methods.gptq.solver import gptq_quantize
 from compressor.parts.base import CompressedLinear
 from compressor.parts.quantized import UniformQuantPart
@@ -22,13 +21,10 @@ class GPTQ(Method):
 
     def compress(self, target: Target, cfg: GPTQConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
-        gram = target.stats.gram
-        if gram is None:
-            raise UserError(f"gptq needs calibration statistics (gram) for {target.name}; "
-                            "run it with calibration data.")
+        gram = require_stat(target, "gram")
         q, qinfo = gptq_quantize(target.weight, gram, cfg.bits, cfg.group_size, cfg.sym,
-                                       cfg.percdamp, cfg.blocksize, cfg.act_order,
-                                       static_groups=cfg.static_groups)
+                                 cfg.percdamp, cfg.blocksize, cfg.act_order,
+                                 static_groups=cfg.static_groups)
         out_f, in_f = target.weight.shape
         module = CompressedLinear(out_f, in_f, [UniformQuantPart.from_quant(q)], target.bias)
         return Compressed(module, {"bits": cfg.bits, "group_size": cfg.group_size,
