@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.models.integrity import CONFIG_ERRORS
 from compressor.parts import CompressedLinear
 
 from .save import FORMAT, FORMAT_VERSION, INDEX, WEIGHTS
@@ -66,9 +67,9 @@ def load_compressed(path: str | Path, device: str = "cpu", dtype: torch.dtype | 
         verify_weights(folder, cc)
     try:
         model = _build(folder, cc)
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
+    except (AttributeError, OSError, *CONFIG_ERRORS) as e:
         raise UserError(f"{folder}/config.json: a field is missing or has the wrong type "
-                        f"({type(e).__name__}: {_first_line(e)}); the checkpoint is corrupt, "
+                        f"({type(e).__name__}: {' '.join(str(e).split())}); the checkpoint is corrupt, "
                         f"re-create it") from None
     store_dtype = next(model.parameters()).dtype
     state = read_weights(folder)

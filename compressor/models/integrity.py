@@ -10,6 +10,21 @@ from pathlib import Path
 from compressor.errors import UserError
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What transformers raises for a config.json field of the wrong type or value (newer
+    versions validate through huggingface_hub's strict dataclasses)."""
+    found: list[type[BaseException]] = [TypeError, ValueError, KeyError]
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+        found.append(StrictDataclassError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+CONFIG_ERRORS = _config_errors()
+
+
 def check_weights(folder: Path) -> list[Path]:
     """Make sure ``folder`` holds complete safetensors weights; return the files.
 

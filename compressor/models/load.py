@@ -15,7 +15,7 @@ from compressor.safety.remote_code import check_remote_code
 
 from .architectures import decoder_layers
 from .device import checkpoint_dtype, resolve_device, resolve_dtype
-from .integrity import file_sha256
+from .integrity import CONFIG_ERRORS, file_sha256
 from .offline import drop_quantizer
 from .resolve import resolve_model
 
@@ -63,8 +63,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     kw["trust_remote_code"] = bool(trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(res.path, **kw)
-    except (ValueError, KeyError, OSError, TypeError) as e:
-        raise UserError(f"cannot read the model config in '{res.path}': {_first_line(e)}") from e
+    except (OSError, *CONFIG_ERRORS) as e:
+        raise UserError(f"cannot read the model config in '{res.path}': {_flat(e)}") from e
     torch_dtype = resolve_dtype(dtype, config, resolve_device(compute_device) if compute_device else dev)
     try:
         tokenizer = AutoTokenizer.from_pretrained(res.path, **kw)
@@ -84,9 +84,9 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
         if isinstance(e, ValueError) and "model type" in str(e).lower():
             raise UserError(f"'{spec}' is not a causal LM that transformers knows: "
                             f"{_first_line(e)}") from e
-        if isinstance(e, (TypeError, ValueError)):
+        if isinstance(e, CONFIG_ERRORS):
             raise UserError(f"cannot build the model from '{res.path}/config.json' "
-                            f"({name}: {_first_line(e)}): a config field is missing or has the "
+                            f"({name}: {_flat(e)}): a config field is missing or has the "
                             f"wrong type; fix config.json or download the checkpoint again") from e
         raise
     if res.gguf_file:
@@ -116,3 +116,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _flat(e: BaseException) -> str:
+    """The whole message on one line (a validation error spans several)."""
+    return " ".join(str(e).split()) or type(e).__name__

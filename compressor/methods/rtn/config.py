@@ -26,5 +26,5 @@ class RTNConfig(MethodConfig):
 def check_group_size(v: int) -> int:
     """-1 (one group per row) or a positive size: 0 or -5 are typos, not per-row."""
     if v != -1 and v < 1:
-        raise ValueError(f"group_size must be -1 (one group per row) or >= 1, got {v}")
+        raise ValueError("group_size must be -1 (one group per row) or >= 1")
     return v
