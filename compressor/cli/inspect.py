@@ -41,7 +41,8 @@ def _compression_config(src: Path) -> dict[str, Any]:
 def _report(src: Path) -> dict[str, Any] | None:
     rep = src / "report.json"
     if not rep.is_file():
-        console.print(f"no report.json in {escape(str(src))} (the checkpoint itself is described above)")
+        console.print(f"no report.json in {escape(str(src))} (the checkpoint itself is described above)",
+                      soft_wrap=True)
         return None
     try:
         r = json.loads(rep.read_text())
@@ -53,7 +54,7 @@ def _report(src: Path) -> dict[str, Any] | None:
                  for e in r.get("eval") or []]
     except (OSError, ValueError, KeyError, TypeError) as e:
         console.print(f"report.json in {escape(str(src))} is unreadable ({type(e).__name__}); "
-                      f"the checkpoint itself is described above")
+                      f"the checkpoint itself is described above", soft_wrap=True)
         return None
     for text in [line, *evals]:
         console.print(text)
@@ -76,7 +77,7 @@ def inspect(src: Path = typer.Argument(..., help="an svdc output folder"),
     hashes = cc.get(HASHES)
     if isinstance(hashes, dict) and hashes:
         for name, h in sorted(hashes.items()):
-            console.print(f"sha256 {name}: {h}")
+            console.print(f"sha256 {escape(str(name))}: {escape(str(h))}", soft_wrap=True)
         if verify:
             verify_weights(src, cc)
             console.print(f"integrity: {len(hashes)} weight file(s) match their recorded sha256")
