@@ -3,7 +3,9 @@
 Each finished decoder layer's compressed modules go to ``layer_XXXX.safetensors`` plus a
 JSON of their specs and report rows (written last, so its presence marks the layer done).
 A fingerprint of model, calibration data and resolved recipe guards against resuming
-someone else's run: a mismatch is refused with the reason.
+someone else's run: it is stored in the folder and in every layer's JSON, and checked for
+each layer loaded, so a layer written by another run is refused with the file named; a
+corrupt checkpoint file is refused the same way (the fix: drop --resume).
 """
 
 from __future__ import annotations
