@@ -53,7 +53,7 @@ def check_weights(folder: Path) -> list[Path]:
             raise UserError(f"folder '{folder}' holds pickled weights ({pickles[0]}), which svdc "
                             "never loads (a pickle can run code): convert them to safetensors with "
                             "transformers' save_pretrained(..., safe_serialization=True)")
-        raise UserError(f"folder '{folder}' has config.json but no model weights "
+        raise UserError(f"folder '{folder}' has config.json but no weights "
                         "(model.safetensors or model.safetensors.index.json): copy the weights "
                         "in, or pass the Hub id")
     for f in files:
