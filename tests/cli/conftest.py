@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 
-FAST = ["--nsamples", "2", "--seqlen", "32"]
-
-
 def tree_sha(*roots: Path) -> dict[str, str]:
     out = {}
     for root in roots:
