@@ -17,7 +17,7 @@ import torch
 
 from compressor import __version__
 from compressor.accounting import model_footprint, totals, written_entries
-from compressor.atomic import atomic_dir, check_output
+from compressor.atomic import atomic_dir
 from compressor.checkpoint import round_uncompressed, save_compressed
 from compressor.core.gradients import GRAD_STATS
 from compressor.core.pipeline import sequential_compress
@@ -29,6 +29,9 @@ from compressor.progress import NullProgress, ProgressSink
 from compressor.recipe import Recipe, dump_recipe
 from compressor.report import write_report
 from compressor.runtime import StageTimer, machine, peak_memory, versions
+from compressor.safety.guard import guarded_output, inputs_of
+from compressor.safety.limits import calibration_seqlen, check_ranks
+from compressor.safety.memory import check_activation_memory
 
 log = logging.getLogger("svdc")
 
@@ -42,7 +45,23 @@ class CompressResult:
 
 def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
              progress: ProgressSink | None = None, command: str = "",
-             keep_model: bool = False) -> CompressResult:
+             keep_model: bool = False, trust_remote_code: bool = False,
+             recipe_file: str | Path | None = None) -> CompressResult:
+    """Check the output before anything loads, then hold its lock for the whole run."""
+    if not recipe.model:
+        raise UserError("no model given: pass MODEL on the command line or set `model:` in the recipe")
+    if not recipe.output:
+        raise UserError("no output folder given: pass -o/--output or set `output:` in the recipe")
+    output = Path(recipe.output)
+    with guarded_output(output, force, inputs_of(recipe.model, recipe_file, recipe.calibration.dataset,
+                                                 recipe.gradients.fisher_file)):
+        return _compress(recipe, output, force=force, resume=resume, progress=progress,
+                         command=command, keep_model=keep_model, trust_remote_code=trust_remote_code)
+
+
+def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
+              progress: ProgressSink | None, command: str, keep_model: bool,
+              trust_remote_code: bool) -> CompressResult:
     from compressor.data import calibration_windows
     from compressor.models import (
         decoder_layers,
@@ -53,12 +72,6 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
     )
 
     progress = progress or NullProgress()
-    if not recipe.model:
-        raise UserError("no model given: pass MODEL on the command line or set `model:` in the recipe")
-    if not recipe.output:
-        raise UserError("no output folder given: pass -o/--output or set `output:` in the recipe")
-    output = Path(recipe.output)
-    check_output(output, force)
     device = resolve_device(recipe.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -71,7 +84,8 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
 
     with timer("load"):
         model, tokenizer, minfo = load_model(recipe.model, dtype=recipe.dtype, device="cpu",
-                                             compute_device=device)
+                                             compute_device=device,
+                                             trust_remote_code=trust_remote_code)
     minfo_d = minfo if isinstance(minfo, dict) else vars(minfo)
     compute_dtype = next(model.parameters()).dtype
     storage_dtype = resolve_storage_dtype(recipe.storage_dtype, minfo_d.get("checkpoint_dtype"),
@@ -86,8 +100,10 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
     tw = [model.get_submodule(n).weight for n in target_names]
     before_targets = (sum(w.numel() for w in tw), sum(w.numel() * w.element_size() for w in tw))
 
+    check_ranks(recipe.stages, {n: tuple(w.shape) for n, w in zip(target_names, tw)})
     cal = recipe.calibration
-    seqlen = min(cal.seqlen, getattr(model.config, "max_position_embeddings", cal.seqlen) or cal.seqlen)
+    seqlen = calibration_seqlen(cal, model.config)
+    check_activation_memory(cal.nsamples, seqlen, minfo_d.get("hidden_size"), compute_dtype.itemsize)
     with timer("data"):
         windows = calibration_windows(tokenizer, cal.dataset, cal.nsamples, seqlen, cal.seed)
 

@@ -54,6 +54,10 @@ def perplexity(model, windows: torch.Tensor, device: str | torch.device = "cpu",
         for start in range(0, n, batch_size):
             ids = windows[start:start + batch_size].to(device)
             logits = model(input_ids=ids, use_cache=False).logits
+            if not torch.isfinite(logits).all():
+                raise UserError("the model's logits are not finite (inf or NaN): its weights are "
+                                "corrupt or overflow this dtype; evaluate in float32 (--dtype "
+                                "float32) or re-create the checkpoint")
             total = total + _window_nll(logits, ids).to(total.device)
             del logits
             if progress is not None:
@@ -62,7 +66,7 @@ def perplexity(model, windows: torch.Tensor, device: str | torch.device = "cpu",
         model.train(was_training)
     nll = float(total)
     tokens = n * (seqlen - 1)
-    if not math.isfinite(nll):
+    if not math.isfinite(nll) or nll / tokens > 700:   # exp() of more overflows a float
         raise UserError(f"the model's loss is not finite ({nll}) on these windows: its logits "
                         f"overflowed or hold NaN. Evaluate in float32 (--dtype float32) or "
                         f"check the compressed weights.")

@@ -326,12 +326,13 @@ original model: the paths compensate the base's quantization error.
 """
 
 
-def export_compressed_tensors(src: str | Path, dst: str | Path, force: bool = False) -> Path:
+def export_compressed_tensors(src: str | Path, dst: str | Path, force: bool = False,
+                              verify: bool = True) -> Path:
     """Write ``dst`` (compressed-tensors), or ``dst/base`` + ``dst/adapter`` when the model has
     low-rank paths (EoRA / LQ-LoRA); see the module docstring for the mapping."""
     require_compressed_tensors()
     src = Path(src)
-    model = load_compressed(src)
+    model = load_compressed(src, verify=verify)
     lora, ranks = split_lowrank_paths(model)
     layers = plan(model)
     dtype = next(model.parameters()).dtype

@@ -36,16 +36,18 @@ def densify(model: nn.Module) -> nn.Module:
 def _save_plain(model: nn.Module, tokenizer_src: Path, folder: Path) -> None:
     if hasattr(model.config, "compression_config"):
         del model.config.compression_config
+    # marks the folder as svdc's, so a later `--force` may replace it (see safety.outputs)
+    model.config.svdc_export = {"source": tokenizer_src.name}
     model.save_pretrained(folder, safe_serialization=True)
     for f in tokenizer_src.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name.endswith(".model"):
             shutil.copy2(f, folder / f.name)
 
 
-def export_dense(src: str | Path, dst: str | Path, force: bool = False) -> Path:
+def export_dense(src: str | Path, dst: str | Path, force: bool = False, verify: bool = True) -> Path:
     """A plain checkpoint that vanilla ``AutoModelForCausalLM.from_pretrained`` loads."""
     src = Path(src)
-    model = densify(load_compressed(src))
+    model = densify(load_compressed(src, verify=verify))
     with atomic_dir(dst, force) as tmp:
         _save_plain(model, src, tmp)
     return Path(dst)
@@ -87,14 +89,15 @@ def write_lora_adapter(folder: Path, lora: dict[str, torch.Tensor], ranks: dict[
     (folder / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def export_peft_adapter(src: str | Path, dst: str | Path, force: bool = False) -> Path:
+def export_peft_adapter(src: str | Path, dst: str | Path, force: bool = False,
+                        verify: bool = True) -> Path:
     """Split the low-rank paths (EoRA / LQ-LoRA) into a PEFT LoRA adapter over a dense base.
 
     ``dst/base`` is the model with every low-rank path removed (the quantized/pruned base,
     dequantized); ``dst/adapter`` is a LoRA adapter (scaling 1) that restores the paths.
     """
     src = Path(src)
-    model = load_compressed(src)
+    model = load_compressed(src, verify=verify)
     lora, ranks = split_lowrank_paths(model)
     if not lora:
         raise UserError(f"{src} has no low-rank compensation paths to export; "

@@ -11,14 +11,19 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.models.integrity import CONFIG_ERRORS
 from compressor.parts import CompressedLinear
 
 from .save import FORMAT, FORMAT_VERSION, INDEX, WEIGHTS
+from .verify import read_config, verify_weights
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / INDEX
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [WEIGHTS]
+    try:
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [WEIGHTS]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{index} is corrupt ({_first_line(e)}); re-create the checkpoint") from None
     out: dict[str, torch.Tensor] = {}
     for f in files:
         p = folder / f
@@ -32,8 +37,9 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def is_compressed_folder(path: str | Path) -> bool:
-    cfg = Path(path) / "config.json"
-    return cfg.is_file() and "compression_config" in json.loads(cfg.read_text())
+    """True for a folder whose config.json has a compression_config; a corrupt config.json
+    is reported (UserError naming it), not guessed about."""
+    return (Path(path) / "config.json").is_file() and "compression_config" in read_config(Path(path))
 
 
 def _no_init_weights():
@@ -45,28 +51,27 @@ def _no_init_weights():
     return no_init_weights()
 
 
-def load_compressed(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
-    """Rebuild a model written by ``save_compressed``; every stored key must be used."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+def load_compressed(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
+                    verify: bool = True) -> nn.Module:
+    """Rebuild a model written by ``save_compressed``; every stored key must be used.
+    ``verify``: check the weight files against the sha256 recorded in config.json first."""
     folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder}: no config.json; not a checkpoint folder (pass the folder `svdc compress -o` wrote)")
-    raw = json.loads((folder / "config.json").read_text())
+    raw = read_config(folder)
     cc = raw.get("compression_config")
-    if not cc or cc.get("format") != FORMAT:
+    if not isinstance(cc, dict) or cc.get("format") != FORMAT:
         raise UserError(f"{folder}: not an svdc compressed checkpoint (no compression_config); "
                         f"load it with transformers instead")
-    if cc.get("version", 0) > FORMAT_VERSION:
+    if not isinstance(cc.get("version", 0), int) or cc.get("version", 0) > FORMAT_VERSION:
         raise UserError(f"{folder}: written by a newer svdc (format {cc['version']}); upgrade svdc")
-    store_dtype = getattr(torch, cc["dtype"])
-    config = AutoConfig.from_pretrained(folder)
-    with _no_init_weights():   # every tensor is overwritten below: random init is wasted time
-        model = AutoModelForCausalLM.from_config(config, dtype=store_dtype)
-    for name, spec in cc["modules"].items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, CompressedLinear.from_spec(spec, store_dtype))
+    if verify:
+        verify_weights(folder, cc)
+    try:
+        model = _build(folder, cc)
+    except (AttributeError, OSError, *CONFIG_ERRORS) as e:
+        raise UserError(f"{folder}/config.json: a field is missing or has the wrong type "
+                        f"({type(e).__name__}: {' '.join(str(e).split())}); the checkpoint is corrupt, "
+                        f"re-create it") from None
+    store_dtype = next(model.parameters()).dtype
     state = read_weights(folder)
     expected = set(model.state_dict())
     aliases = cc.get("tied_aliases", {})
@@ -78,10 +83,36 @@ def load_compressed(path: str | Path, device: str = "cpu", dtype: torch.dtype | 
                         f"e.g. {unexpected[:2]}); it is corrupt or from another model, re-create it")
     for alias, src in aliases.items():
         state[alias] = state[src]
-    model.load_state_dict(state, strict=True)
-    if getattr(config, "tie_word_embeddings", False):
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{folder}: a stored tensor does not fit its module "
+                        f"({_first_line(e)}); the checkpoint is corrupt, re-create it") from None
+    if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     model.eval()
     if dtype is not None:
         model.to(dtype)
     return model.to(device)
+
+
+def _build(folder: Path, cc: dict) -> nn.Module:
+    """The model skeleton from config.json with every compressed linear in place (as data:
+    never the folder's own code)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    store_dtype = getattr(torch, cc["dtype"])
+    if not isinstance(store_dtype, torch.dtype):
+        raise TypeError(f"dtype {cc['dtype']!r} is not a torch dtype")
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    with _no_init_weights():   # every tensor is overwritten below: random init is wasted time
+        model = AutoModelForCausalLM.from_config(config, dtype=store_dtype, trust_remote_code=False)
+    for name, spec in cc["modules"].items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, CompressedLinear.from_spec(spec, store_dtype))
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

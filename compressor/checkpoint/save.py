@@ -17,6 +17,8 @@ from torch import nn
 
 from compressor.parts import CompressedLinear
 
+from .verify import HASHES, weight_hashes
+
 FORMAT = "svdc"
 
 
@@ -111,12 +113,12 @@ def save_compressed(model: nn.Module, tokenizer: Any, folder: Path,
     cfg = model.config.to_dict()
     cfg["dtype"] = str(dtype).removeprefix("torch.")
     cfg.pop("torch_dtype", None)
-    cfg["compression_config"] = compression_config(model, dtype, {"tied_aliases": aliases,
-                                                                  **(extra_config or {})})
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
     # one metadata key only: safetensors writes its metadata map in hash order, so two keys
     # would make identical runs differ byte-wise
     files = write_weights(folder, tensors, {"format": "pt"})
+    cfg["compression_config"] = compression_config(model, dtype, {
+        "tied_aliases": aliases, **(extra_config or {}), HASHES: weight_hashes(folder, files)})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
     gen_cfg = getattr(model, "generation_config", None)
     if gen_cfg is not None:
         gen_cfg.save_pretrained(folder)

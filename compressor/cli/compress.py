@@ -50,10 +50,16 @@ def _print_summary(report: dict[str, Any], output: Path) -> None:
         raise typer.Exit(3)
 
 
-def _run(recipe, force: bool, resume: bool) -> None:
+TRUST_HELP = ("run Python code shipped in the model folder (config auto_map); only for "
+              "folders you trust")
+
+
+def _run(recipe, force: bool, resume: bool, trust_remote_code: bool = False,
+         recipe_file: Path | None = None) -> None:
     from compressor.api import compress
     with RichProgress() as progress:
-        result = compress(recipe, force=force, resume=resume, progress=progress, command=_command_line())
+        result = compress(recipe, force=force, resume=resume, progress=progress, command=_command_line(),
+                          trust_remote_code=trust_remote_code, recipe_file=recipe_file)
     _print_summary(result.report, result.output)
 
 
@@ -87,8 +93,9 @@ def compress(
                                                 help="written dtype: auto (the checkpoint's) | float32 | float16 | bfloat16"),
     eval_: list[str] = typer.Option([], "--eval", help="evaluate the result on these datasets"),
     eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="score only this many windows (partial)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder (only an earlier svdc output or an empty folder)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Compress MODEL with one method (from flags) or a recipe's stages."""
     params = {"bits": bits, "rank": rank, "ratio": ratio, "group_size": group_size,
@@ -116,7 +123,7 @@ def compress(
         names = "-".join(str(s.get("method")) for s in data["stages"] if isinstance(s, dict))
         output = Path(data.get("output") or Path("out") / f"{Path(model).name}-{names}")
     data["output"] = str(output)
-    _run(parse_recipe(data, "command line"), force, resume)
+    _run(parse_recipe(data, "command line"), force, resume, trust_remote_code, recipe)
 
 
 def _stages_data(method: str | None, recipe: Path | None, base: str | None,
@@ -144,11 +151,12 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (model, stages, out
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="override the recipe's output"),
         device: Optional[str] = typer.Option(None, help="override the recipe's device"),
         force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
-        resume: bool = typer.Option(False, "--resume", help="continue an interrupted run")) -> None:
+        resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP)) -> None:
     """Run a recipe end to end; exit 3 when an `expect` value is missed."""
     r = load_recipe(recipe)
     if output is not None:
         r.output = str(output)
     if device is not None:
         r.device = device
-    _run(r, force, resume)
+    _run(r, force, resume, trust_remote_code, recipe)

@@ -21,12 +21,15 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
              max_windows: Optional[int] = typer.Option(None, "--max-windows", help="quick partial run"),
              device: str = typer.Option("auto"),
              dtype: str = typer.Option("auto"),
-             as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+             no_verify: bool = typer.Option(False, "--no-verify", help="skip the sha256 check of an svdc output's weights"),
+             trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                                    help="run Python code shipped in the model folder; only for folders you trust")) -> None:
     """Perplexity with the GPTQ protocol (non-overlapping windows, no special tokens)."""
     from compressor.evaluate import evaluate
     from compressor.models import resolve_device
     dev = resolve_device(device)
-    model_obj, tok = load_any(model, dtype)
+    model_obj, tok = load_any(model, dtype, verify=not no_verify, trust_remote_code=trust_remote_code)
     model_obj.to(dev)
     results = []
     with RichProgress() as progress:
@@ -46,12 +49,14 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
     console.print(tab)
 
 
-def load_any(spec: str, dtype: str = "auto"):
-    """An svdc output folder (rebuilt with its compressed modules) or a plain model."""
+def load_any(spec: str, dtype: str = "auto", verify: bool = True, trust_remote_code: bool = False):
+    """An svdc output folder (rebuilt with its compressed modules, weights verified) or a
+    plain model."""
     from compressor.checkpoint import is_compressed_folder, load_compressed
     if Path(spec).is_dir() and is_compressed_folder(spec):
         from transformers import AutoTokenizer
-        return load_compressed(spec), AutoTokenizer.from_pretrained(spec)
+        return (load_compressed(spec, verify=verify),
+                AutoTokenizer.from_pretrained(spec, trust_remote_code=False))
     from compressor.models import load_model
-    m, tok, _ = load_model(spec, dtype=dtype, device="cpu")
+    m, tok, _ = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
     return m, tok

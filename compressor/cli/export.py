@@ -19,17 +19,17 @@ FORMATS = ("dense", "peft-adapter", "compressed-tensors")
 def export(src: Path = typer.Argument(..., help="an svdc output folder"),
            fmt: str = typer.Option("dense", "--format", help=" | ".join(FORMATS)),
            output: Path = typer.Option(..., "--output", "-o", help="where to write the export"),
-           force: bool = typer.Option(False, "--force")) -> None:
+           force: bool = typer.Option(False, "--force", help="replace an earlier svdc output (never SRC)"),
+           no_verify: bool = typer.Option(False, "--no-verify", help="skip the sha256 check of SRC's weights")) -> None:
     """Write a plain transformers checkpoint (dense), a PEFT LoRA adapter + its dense base, or a
     compressed-tensors pack-quantized checkpoint (+ adapter/ for EoRA) for transformers and vLLM."""
     from compressor.checkpoint import export_dense, export_peft_adapter
-    if fmt == "dense":
-        export_dense(src, output, force)
-    elif fmt == "peft-adapter":
-        export_peft_adapter(src, output, force)
-    elif fmt == "compressed-tensors":
-        from compressor.checkpoint.compressed_tensors import export_compressed_tensors
-        export_compressed_tensors(src, output, force)
-    else:
+    from compressor.checkpoint.compressed_tensors import export_compressed_tensors
+    from compressor.safety.guard import guarded_output
+    exporters = {"dense": export_dense, "peft-adapter": export_peft_adapter,
+                 "compressed-tensors": export_compressed_tensors}
+    if fmt not in exporters:
         raise UserError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
+    with guarded_output(output, force, [src]):
+        exporters[fmt](src, output, force, verify=not no_verify)
     console.print(f"wrote {output}/")

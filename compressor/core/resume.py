@@ -3,7 +3,9 @@
 Each finished decoder layer's compressed modules go to ``layer_XXXX.safetensors`` plus a
 JSON of their specs and report rows (written last, so its presence marks the layer done).
 A fingerprint of model, calibration data and resolved recipe guards against resuming
-someone else's run: a mismatch is refused with the reason.
+someone else's run: it is stored in the folder and in every layer's JSON, and checked for
+each layer loaded, so a layer written by another run is refused with the file named; a
+corrupt checkpoint file is refused the same way (the fix: drop --resume).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from compressor.core.pipeline import set_submodule
 from compressor.core.types import ModuleRecord
 from compressor.errors import UserError
 from compressor.parts import CompressedLinear
+from compressor.safety.interrupt import note_checkpoints
 
 FINGERPRINT = "fingerprint.json"
 
@@ -50,7 +53,9 @@ class LayerCheckpoints:
         if folder.exists() and resume:
             if not marker.is_file():
                 raise UserError(f"cannot resume: {folder} holds no fingerprint; rerun without --resume")
-            old = json.loads(marker.read_text()).get("fingerprint")
+            old = _read_json(marker).get("fingerprint")
+            if not isinstance(old, str):
+                raise _corrupt(marker, "no fingerprint in it")
             if old != fp:
                 raise UserError(f"cannot resume: the checkpoints in {folder} were made with a different "
                                 f"model, calibration data or recipe (fingerprint {old[:12]} != {fp[:12]}); "
@@ -61,6 +66,7 @@ class LayerCheckpoints:
             raise UserError(f"cannot resume: no checkpoints at {folder}; rerun without --resume")
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(marker, json.dumps({"fingerprint": fp}))
+        note_checkpoints(folder)
 
     def _paths(self, i: int) -> tuple[Path, Path]:
         return self.folder / f"layer_{i:04d}.safetensors", self.folder / f"layer_{i:04d}.json"
@@ -77,7 +83,8 @@ class LayerCheckpoints:
         tmp = tpath.with_name(tpath.name + ".tmp")
         save_file(tensors, str(tmp))
         os.replace(tmp, tpath)
-        atomic_write_text(jpath, json.dumps({"specs": specs, "records": [r.to_dict() for r in records]}))
+        atomic_write_text(jpath, json.dumps({"fingerprint": self.fp, "specs": specs,
+                                             "records": [r.to_dict() for r in records]}))
 
     def load_layer(self, i: int, layer: nn.Module, device: torch.device,
                    dtype: torch.dtype) -> list[ModuleRecord] | None:
@@ -86,19 +93,46 @@ class LayerCheckpoints:
         tpath, jpath = self._paths(i)
         if not jpath.is_file():
             return None
-        meta = json.loads(jpath.read_text())
-        tensors = load_file(str(tpath))
-        for rel, spec in meta["specs"].items():
-            mod = CompressedLinear.from_spec(spec, dtype)
-            mod.load_state_dict({k[len(rel) + 1:]: v for k, v in tensors.items() if k.startswith(rel + ".")},
-                                strict=True)
-            set_submodule(layer, rel, mod.to(device))
+        meta = _read_json(jpath)
+        if meta.get("fingerprint") != self.fp:
+            # each layer carries its own fingerprint: a folder that another run (other ratio,
+            # model or data) wrote into is caught layer by layer, not only once per folder
+            raise UserError(f"cannot resume: {jpath} was made by a different run (other model, "
+                            f"calibration data or recipe); rerun without --resume to start over")
+        try:
+            tensors = load_file(str(tpath))
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: all mean a bad file
+            raise _corrupt(tpath, f"{type(e).__name__}: {e}") from None
+        try:
+            for rel, spec in meta["specs"].items():
+                mod = CompressedLinear.from_spec(spec, dtype)
+                mod.load_state_dict({k[len(rel) + 1:]: v for k, v in tensors.items()
+                                     if k.startswith(rel + ".")}, strict=True)
+                set_submodule(layer, rel, mod.to(device))
+            out = []
+            for r in meta["records"]:
+                r["shape"] = tuple(r["shape"])
+                out.append(ModuleRecord(**r))
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise _corrupt(jpath, f"{type(e).__name__}: {e}") from None
         self.resumed_layers += 1
-        out = []
-        for r in meta["records"]:
-            r["shape"] = tuple(r["shape"])
-            out.append(ModuleRecord(**r))
         return out
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _corrupt(path: Path, why: str) -> UserError:
+    first = (why.strip().splitlines() or [why])[0]
+    return UserError(f"cannot resume: checkpoint {path} is corrupt ({first}); rerun without "
+                     f"--resume to start over")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _corrupt(path, str(e)) from None
+    if not isinstance(data, dict):
+        raise _corrupt(path, "not a JSON mapping")
+    return data

@@ -10,6 +10,21 @@ from pathlib import Path
 from compressor.errors import UserError
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What transformers raises for a config.json field of the wrong type or value (newer
+    versions validate through huggingface_hub's strict dataclasses)."""
+    found: list[type[BaseException]] = [TypeError, ValueError, KeyError]
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+        found.append(StrictDataclassError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+CONFIG_ERRORS = _config_errors()
+
+
 def check_weights(folder: Path) -> list[Path]:
     """Make sure ``folder`` holds complete safetensors weights; return the files.
 
@@ -28,16 +43,19 @@ def check_weights(folder: Path) -> list[Path]:
             raise UserError(f"checkpoint '{folder}' is incomplete: missing {', '.join(missing)} "
                             "listed in model.safetensors.index.json; download it again")
     else:
-        files = sorted(folder.glob("*.safetensors"))
+        # only the file transformers loads with use_safetensors=True counts: an unrelated
+        # adapter_model.safetensors beside pytorch_model.bin must not let the pickle through
+        files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
     if not files:
         pickles = sorted(p.name for p in folder.iterdir()
-                         if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+                         if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
         if pickles:
-            raise UserError(f"folder '{folder}' holds only pickled weights ({pickles[0]}): svdc "
-                            "loads safetensors only; convert them with transformers' "
-                            "save_pretrained(..., safe_serialization=True)")
-        raise UserError(f"folder '{folder}' has config.json but no weights (*.safetensors): "
-                        "copy the weights in, or pass the Hub id")
+            raise UserError(f"folder '{folder}' holds pickled weights ({pickles[0]}), which svdc "
+                            "never loads (a pickle can run code): convert them to safetensors with "
+                            "transformers' save_pretrained(..., safe_serialization=True)")
+        raise UserError(f"folder '{folder}' has config.json but no weights "
+                        "(model.safetensors or model.safetensors.index.json): copy the weights "
+                        "in, or pass the Hub id")
     for f in files:
         check_safetensors_file(f)
     return files

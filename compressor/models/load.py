@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.safety.remote_code import check_remote_code
 
 from .architectures import decoder_layers
 from .device import checkpoint_dtype, resolve_device, resolve_dtype
-from .integrity import file_sha256
+from .integrity import CONFIG_ERRORS, file_sha256
 from .offline import drop_quantizer
 from .resolve import resolve_model
 
@@ -44,20 +45,26 @@ class ModelInfo:
 
 def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu",
                cache_dir: str | Path | None = None,
-               compute_device: str | torch.device | None = None) -> tuple[nn.Module, Any, ModelInfo]:
+               compute_device: str | torch.device | None = None,
+               trust_remote_code: bool = False) -> tuple[nn.Module, Any, ModelInfo]:
     """Resolve MODEL and load it with transformers; returns (model, tokenizer, ModelInfo).
 
     ``compute_device`` (default: ``device``) decides what dtype "auto" means: a model kept
     on the CPU but compressed on a GPU loads in its own half precision, not float32.
+    The model loads as data: no code from its folder (unless ``trust_remote_code``), no
+    pickle (safetensors or GGUF only).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     res = resolve_model(spec, cache_dir=cache_dir)
     dev = resolve_device(device)
+    if not res.gguf_file:
+        check_remote_code(res.path, trust_remote_code)
     kw: dict[str, Any] = {"gguf_file": res.gguf_file} if res.gguf_file else {}
+    kw["trust_remote_code"] = bool(trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(res.path, **kw)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"cannot read the model config in '{res.path}': {_first_line(e)}") from e
+    except (OSError, *CONFIG_ERRORS) as e:
+        raise UserError(f"cannot read the model config in '{res.path}': {_flat(e)}") from e
     torch_dtype = resolve_dtype(dtype, config, resolve_device(compute_device) if compute_device else dev)
     try:
         tokenizer = AutoTokenizer.from_pretrained(res.path, **kw)
@@ -66,8 +73,9 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
                         "the tokenizer files (tokenizer.json, tokenizer_config.json) beside "
                         "config.json") from e
     try:
-        model = AutoModelForCausalLM.from_pretrained(res.path, dtype=torch_dtype,
-                                                     low_cpu_mem_usage=True, **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            res.path, dtype=torch_dtype, low_cpu_mem_usage=True,
+            **({} if res.gguf_file else {"use_safetensors": True}), **kw)
     except Exception as e:  # noqa: BLE001 - turn a corrupt file into a one-line UserError
         name = type(e).__name__
         if "Safetensor" in name or "Header" in str(e) or isinstance(e, (EOFError, OSError)):
@@ -76,6 +84,10 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
         if isinstance(e, ValueError) and "model type" in str(e).lower():
             raise UserError(f"'{spec}' is not a causal LM that transformers knows: "
                             f"{_first_line(e)}") from e
+        if isinstance(e, CONFIG_ERRORS):
+            raise UserError(f"cannot build the model from '{res.path}/config.json' "
+                            f"({name}: {_flat(e)}): a config field is missing or has the "
+                            f"wrong type; fix config.json or download the checkpoint again") from e
         raise
     if res.gguf_file:
         drop_quantizer(model)
@@ -104,3 +116,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _flat(e: BaseException) -> str:
+    """The whole message on one line (a validation error spans several)."""
+    return " ".join(str(e).split()) or type(e).__name__

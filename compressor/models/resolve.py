@@ -100,13 +100,15 @@ def _resolve_local(path: Path) -> ResolvedModel:
     return ResolvedModel(path.resolve(), None, "local", None)
 
 
-# Config, tokenizer and safetensors only: never pickled .bin weights, never the duplicate
-# "original/" or "consolidated" checkpoints some repos ship beside the HF one.
+# Config, tokenizer and safetensors only: never pickled .bin weights, never Python files (a
+# model loads as data), never the duplicate "original/" or "consolidated" checkpoints some
+# repos ship beside the HF one.
 HUB_ALLOW = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "merges.txt",
              "vocab.txt", "*.jinja"]
 
 
-HUB_IGNORE = ["original/*", "consolidated*", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack"]
+HUB_IGNORE = ["original/*", "consolidated*", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack",
+              "*.py", "*.pkl", "*.pickle"]
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -27,7 +27,7 @@ def explain(err: ValidationError, valid_keys: list[str] | None = None, loc_offse
         return f"unknown key '{loc}'{hint}"
     if e["type"] == "missing":
         return f"missing required key '{loc}'"
-    return f"'{loc}': {e['msg']} (got {e.get('input')!r})"
+    return f"'{loc}': {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
 
 
 def _valid_keys_at(loc: tuple) -> list[str]:
