@@ -71,7 +71,6 @@ def load_compressed(path: str | Path, device: str = "cpu", dtype: torch.dtype | 
         raise UserError(f"{folder}/config.json: a field is missing or has the wrong type "
                         f"({type(e).__name__}: {' '.join(str(e).split())}); the checkpoint is corrupt, "
                         f"re-create it") from None
-    store_dtype = next(model.parameters()).dtype
     state = read_weights(folder)
     expected = set(model.state_dict())
     aliases = cc.get("tied_aliases", {})
