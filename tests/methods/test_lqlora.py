@@ -82,7 +82,7 @@ def test_lq_constant_weights_change_nothing_and_fisher_weights_matter():
 
 
 def test_lq_rank_too_large_is_user_error():
-    with pytest.raises(UserError, match="rank"):
+    with pytest.raises(ValueError, match="rank"):     # primitives raise ValueError (run() wraps)
         lq_decompose(torch.randn(8, 12), 9, nf_quantizer(NFConfig(4, 8)))
 
 
@@ -132,7 +132,7 @@ def test_ilp_matches_brute_force_optimum():
 
 def test_ilp_infeasible_budget_is_user_error():
     bits = np.array([[2.5, 4.5], [2.6, 4.6]])
-    with pytest.raises(UserError, match="below the smallest configuration 2.55"):
+    with pytest.raises(ValueError, match="below the smallest configuration 2.55"):
         ilp_allocate(np.ones((2, 2)), bits, [10, 10], 2.0)
 
 
