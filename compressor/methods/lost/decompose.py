@@ -51,12 +51,13 @@ def lost_data_free(w: torch.Tensor, r: int, c: int, iters: int = 2,
         uu, ss, vv = linalg._svd64(masked, r)
         B2, A2 = uu * ss.sqrt(), ss.sqrt()[:, None] * vv
         resid2 = w64 - B2 @ A2
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[chosen] = False
-        err2 = float(resid2[:, keep].pow(2).sum())
+        norms2 = resid2.pow(2).sum(0)
+        # re-choosing the channels on the new residual can only lower the error here
+        chosen2 = _topk_sorted(norms2, c)
+        err2 = float(norms2.sum() - norms2[chosen2].sum())
         if err2 >= err:
             break
-        A, B, resid, err = A2, B2, resid2, err2
+        A, B, resid, err, chosen = A2, B2, resid2, err2, chosen2
     return A, B, chosen, resid[:, chosen], err
 
 
@@ -104,13 +105,20 @@ def lost_whitened(w: torch.Tensor, L: torch.Tensor, r: int, c: int, iters: int =
         uu, ss, vv = linalg._svd64((w64 - sparse) @ L64, r)
         A2, B2 = factors(uu, ss, vv)
         resid2 = w64 - B2 @ A2
-        cols2 = _ls_columns(resid2, g, chosen)
-        sparse2 = torch.zeros_like(w64)
-        sparse2[:, chosen] = cols2
-        err2 = float(((resid2 - sparse2) @ L64).pow(2).sum())
-        if err2 >= err:
+        # re-choose the channels on the new residual (outlier pursuit), keep what is better
+        chosen2 = _topk_sorted(torch.linalg.vector_norm(resid2, dim=0) * act, c)
+        step = None
+        for ch in (chosen2, chosen) if not torch.equal(chosen2, chosen) else (chosen,):
+            cols2 = _ls_columns(resid2, g, ch)
+            sparse2 = torch.zeros_like(w64)
+            sparse2[:, ch] = cols2
+            err2 = float(((resid2 - sparse2) @ L64).pow(2).sum())
+            if step is None or err2 < step[0]:
+                step = (err2, ch, cols2, sparse2)
+        if step[0] >= err:
             break
-        A, B, cols, sparse, err = A2, B2, cols2, sparse2, err2
+        err, chosen, cols, sparse = step[0], step[1], step[2], step[3]
+        A, B = A2, B2
     return A, B, chosen, cols, err
 
 
