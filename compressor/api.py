@@ -21,6 +21,7 @@ from compressor.atomic import atomic_dir
 from compressor.checkpoint import round_uncompressed, save_compressed
 from compressor.core.gradients import GRAD_STATS
 from compressor.core.pipeline import sequential_compress
+from compressor.core.planning import planning_pass
 from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
 from compressor.core.stages import Stage, stage_needs
 from compressor.errors import UserError
@@ -117,8 +118,18 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
         weights = DeviceWeights({n: model.get_submodule(n).weight for n in target_names}, device)
         fisher = ({n: g["fisher"] for n, g in grad_stats.items() if "fisher" in g}
                   if grad_stats else None)
-        for st in stages:
-            st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=storage_dtype) or {}
+        # Stages whose plan needs calibration statistics (LQ-LoRA's output-error ILP, WeLore on
+        # whitened spectra) get them from one pass over the uncompressed model first.
+        measures, plan_pass_s = planning_pass(
+            model, layers_path, layers,
+            targets_of=lambda layer: target_linears(layer, include=inc, exclude=exc),
+            kind_of=linear_kind, windows=windows, stages=stages, device=device,
+            seed=cal.seed, grad_stats=grad_stats, storage_dtype=storage_dtype, progress=progress)
+        if measures:
+            timer.seconds["plan.data_pass"] = plan_pass_s
+        for k, st in enumerate(stages):
+            st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=storage_dtype,
+                                         measures=measures.get(k)) or {}
 
     recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}), sort_keys=True)
     ckpt = LayerCheckpoints(resume_dir_for(output),

@@ -37,13 +37,31 @@ class Method:
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: MethodConfig,
              fisher: dict[str, torch.Tensor] | None = None,
-             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
+             dtype: torch.dtype = torch.float16,
+             measures: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """Optional global pass over all target weights (rank / bit allocation).
 
         ``dtype`` is the storage dtype of the parts' floating tensors (budgets that count
-        bytes need it). Returns per-target-name dicts that reach ``compress`` as ``target.plan``.
+        bytes need it). ``measures``: what ``plan_measure`` returned for each target, when
+        ``plan_needs_for`` asked for calibration statistics (else None). Returns
+        per-target-name dicts that reach ``compress`` as ``target.plan``.
         """
         return {}
+
+    def plan_needs_for(self, cfg: MethodConfig) -> frozenset[str]:
+        """Statistics the global plan reads (default: none, plan() sees weights only).
+
+        When not empty, the pipeline runs a planning pass before the sequential one: the
+        uncompressed model, layer by layer, on the calibration windows, calling
+        ``plan_measure`` for every target with these statistics (one layer's statistics in
+        memory at a time), and hands the results to ``plan`` as ``measures``.
+        """
+        return frozenset()
+
+    def plan_measure(self, target: Target, cfg: MethodConfig) -> Any:
+        """Reduce one target's weight and statistics (of the *uncompressed* model's inputs) to
+        what ``plan`` needs, e.g. an error per candidate configuration or a spectrum."""
+        return None
 
     def compress(self, target: Target, cfg: MethodConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
@@ -62,14 +80,26 @@ class Method:
 
     def run_plan(self, weights: Mapping[str, torch.Tensor], cfg: MethodConfig,
                  fisher: dict[str, torch.Tensor] | None = None,
-                 dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
+                 dtype: torch.dtype = torch.float16,
+                 measures: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """plan() with plain ValueErrors turned into user errors, as run() does."""
         try:
-            return self.plan(weights, cfg, fisher, dtype)
+            if measures is None:
+                return self.plan(weights, cfg, fisher, dtype)
+            return self.plan(weights, cfg, fisher, dtype, measures=measures)
         except UserError:
             raise
         except ValueError as e:
             raise UserError(f"{self.name}: {e}") from e
+
+    def run_plan_measure(self, target: Target, cfg: MethodConfig) -> Any:
+        """plan_measure() with plain ValueErrors turned into user errors naming the module."""
+        try:
+            return self.plan_measure(target, cfg)
+        except UserError:
+            raise
+        except ValueError as e:
+            raise UserError(f"{self.name} (plan) on {target.name}: {e}") from e
 
     def needs_for(self, cfg: MethodConfig) -> frozenset[str]:
         """The statistics this configuration reads (default: the class's ``needs``)."""

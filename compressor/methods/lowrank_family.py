@@ -19,7 +19,7 @@ from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import DensePart, LowRankPart
 from compressor.primitives.allocation import welore_ranks
-from compressor.primitives.linalg import rank_from_ratio
+from compressor.primitives.linalg import rank_from_ratio, singular_values
 
 
 class LowRankConfig(MethodConfig):
@@ -47,16 +47,42 @@ class LowRankMethod(Method):
         """(A (rank, in), B (out, rank), info) for this method's objective."""
         raise NotImplementedError
 
+    def spectrum(self, target: Target, cfg: Any) -> torch.Tensor:
+        """Singular values of the matrix this method truncates (W here; W·L for whitened SVD,
+        D_F^½·W·L for two-sided FWSVD): what a rank allocation for this method must read."""
+        return singular_values(target.weight)
+
+    def plan_needs_for(self, cfg: Any) -> frozenset[str]:
+        """WeLore on a data-aware method reads the spectra it truncates, so the plan needs the
+        same statistics as the factorization (gathered in the planning pass)."""
+        if cfg.allocation == "welore":
+            return frozenset(self.needs_for(cfg))
+        return frozenset()
+
+    def plan_measure(self, target: Target, cfg: Any) -> torch.Tensor:
+        return self.spectrum(target, cfg).cpu()
+
     def plan(self, weights: dict[str, torch.Tensor], cfg: Any,
              fisher: dict[str, torch.Tensor] | None = None,
-             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
-        """WeLore allocation when asked for; uniform ranks need no global pass."""
+             dtype: torch.dtype = torch.float16,
+             measures: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """WeLore allocation when asked for; uniform ranks need no global pass. ``measures``:
+        the spectra the method truncates (plan_measure), when it reads statistics."""
         if cfg.allocation != "welore":
             return {}
         if getattr(cfg, "rank", None) is not None:
             raise UserError("allocation 'welore' chooses the ranks itself: drop `rank` "
                             "or use allocation 'uniform'.")
-        ranks, info = welore_ranks(weights, cfg.ratio)
+        if self.plan_needs_for(cfg):
+            if measures is None:
+                raise ValueError(f"allocation 'welore' for {self.name} reads the spectra it "
+                                 f"truncates, which need calibration statistics; none were "
+                                 f"measured (run it through the pipeline)")
+            shapes = {nm: tuple(weights[nm].shape) for nm in weights}
+            ranks, info = welore_ranks({nm: measures[nm] for nm in weights}, cfg.ratio,
+                                       shapes=shapes)
+        else:
+            ranks, info = welore_ranks(weights, cfg.ratio)
         return {name: {"rank": r, "welore": "N-LRC" if r is None else "LRC",
                        "welore_threshold": info["threshold"]}
                 for name, r in ranks.items()}

@@ -31,10 +31,13 @@ class LowRankPart(Part):
         return self.B.float() @ self.A.float()
 
     def extra_spec(self) -> dict[str, Any]:
-        return {"rank": self.rank}
+        # The factors' own dtype: a method may store them narrower than the checkpoint's
+        # storage dtype (LQ-LoRA's 16-bit factors in a float32 model); a load restores it.
+        return {"rank": self.rank, "dtype": str(self.A.dtype).removeprefix("torch.")}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], dtype: torch.dtype) -> "LowRankPart":
+        dtype = getattr(torch, spec["dtype"]) if "dtype" in spec else dtype
         return cls(torch.zeros(spec["rank"], spec["in"], dtype=dtype),
                    torch.zeros(spec["out"], spec["rank"], dtype=dtype))
 

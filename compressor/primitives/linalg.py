@@ -240,3 +240,65 @@ def _diag_weights(v: torch.Tensor | None, size: int, device: torch.device,
         raise ValueError(f"{what} weights must be positive and finite to be undone; "
                          f"floor them with positive_weights() first")
     return v
+
+
+# --- two-sided weighting (Fisher rows x calibration whitening) ------------------------------
+
+def two_sided_truncation(w: torch.Tensor, row_weights: torch.Tensor | None, L: torch.Tensor | None,
+                         rank: int, dtype: torch.dtype = torch.float32,
+                         generator: torch.Generator | None = None,
+                         method: SvdMethod = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-k BA for ‖D (W − BA) L‖_F, D = diag(row_weights) > 0, L invertible (lower
+    triangular, e.g. ``whitening``'s factor): tr(D ΔW G ΔWᵀ D) with G = L Lᵀ.
+
+    Truncated SVD of D·W·L = U S Vᵀ, then B = D⁻¹ U√S (a division), A = √S Vᵀ L⁻¹ (a
+    triangular solve, never an explicit inverse). D = I is SVD-LLM's whitened truncation;
+    L = I is FWSVD's row-weighted one. The factors are rebalanced (``balance_factors``).
+    """
+    m, n = w.shape
+    wr = _diag_weights(row_weights, m, w.device, "row")
+    x = w.detach().to(torch.float64)
+    if wr is not None:
+        x = wr[:, None] * x
+    L64 = None if L is None else L.to(device=w.device, dtype=torch.float64)
+    if L64 is not None:
+        x = x @ L64
+    u, s, vh = _svd64(x, rank, generator, method)
+    r = s.sqrt()
+    B = u * r
+    A = r[:, None] * vh
+    if wr is not None:
+        B = B / wr[:, None]
+    if L64 is not None:
+        A = torch.linalg.solve_triangular(L64, A, upper=False, left=False)
+    A, B = balance_factors(A, B)
+    return A.to(dtype), B.to(dtype)
+
+
+def balance_factors(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescale each rank-one term b_k a_kᵀ so that ‖b_k‖ = ‖a_k‖ (BA unchanged).
+
+    A weighted split (√S on both sides of a *weighted* SVD) leaves the weighting in the factors:
+    whitening by activations of norm ~10³ puts A near 10⁻³ and B near 10³, which a 16-bit
+    storage dtype rounds badly. Equal norms keep both factors on the weight's scale.
+    """
+    a64, b64 = A.to(torch.float64), B.to(torch.float64)
+    na = torch.linalg.vector_norm(a64, dim=1)
+    nb = torch.linalg.vector_norm(b64, dim=0)
+    ok = (na > 0) & (nb > 0)
+    f = torch.where(ok, (nb / torch.where(ok, na, torch.ones_like(na))).sqrt(), torch.ones_like(na))
+    return (a64 * f[:, None]).to(A.dtype), (b64 / f[None, :]).to(B.dtype)
+
+
+def weighted_singular_values(w: torch.Tensor, row_weights: torch.Tensor | None = None,
+                             L: torch.Tensor | None = None) -> torch.Tensor:
+    """Singular values (descending, float64) of D·W·L: the spectrum a two-sided weighted
+    truncation cuts, which is what a rank allocation for it must read (not W's)."""
+    m, _ = w.shape
+    wr = _diag_weights(row_weights, m, w.device, "row")
+    x = w.detach().to(torch.float64)
+    if wr is not None:
+        x = wr[:, None] * x
+    if L is not None:
+        x = x @ L.to(device=w.device, dtype=torch.float64)
+    return torch.linalg.svdvals(x)

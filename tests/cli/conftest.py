@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+
 def tree_sha(*roots: Path) -> dict[str, str]:
     out = {}
     for root in roots:

@@ -298,9 +298,9 @@ def test_lost_help_says_it_is_an_adaptation():
 def test_lost_rejects_a_rank_that_does_not_fit():
     method = get_method("lost")()
     with pytest.raises(UserError):
-        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=IN + 1))
+        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=IN + 1, sparse_frac=0.1))
     with pytest.raises(UserError):
-        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=50))  # no saving
+        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=50, sparse_frac=0.1))  # no saving
 
 
 def test_lost_beats_svd_on_low_rank_plus_channel_sparse():

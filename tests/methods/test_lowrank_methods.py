@@ -8,6 +8,7 @@ from compressor.core.registry import REGISTRY
 from compressor.core.types import LinearStats, Target
 from compressor.errors import UserError
 from compressor.parts.lowrank import DensePart, LowRankPart
+from compressor.primitives.allocation import welore_ranks
 from compressor.primitives.linalg import lowrank_factors, truncated_svd
 
 M, N = 48, 64
@@ -212,9 +213,17 @@ def test_allocation_welore_works_for_fwsvd():
                     for k, w in weights.items()}
     method = REGISTRY["fwsvd"]()
     cfg = method.Config(ratio=0.5, allocation="welore")
-    plan = method.plan(weights, cfg)
-    welore_plan = REGISTRY["welore"]().plan(weights, REGISTRY["welore"].Config(ratio=0.5))
-    assert plan == welore_plan                 # one allocation, shared by both methods
+    with pytest.raises(ValueError, match="spectra"):   # it reads I·W's spectra: needs stats
+        method.plan(weights, cfg)
+    assert method.plan_needs_for(cfg) == frozenset({"fisher_rows", "fisher_cols"})
+    measures = {k: method.plan_measure(make_target(w, name=k, stats=fisher_stats[k]), cfg)
+                for k, w in weights.items()}
+    plan = method.plan(weights, cfg, measures=measures)
+    # one allocation routine, shared by both methods, fed the spectrum each one truncates
+    spectra = {k: torch.linalg.svdvals(w.double() * fisher_stats[k].fisher_rows.double()
+                                       .sqrt()[:, None]) for k, w in weights.items()}
+    ranks, _ = welore_ranks(spectra, 0.5, shapes={k: tuple(w.shape) for k, w in weights.items()})
+    assert {k: p["rank"] for k, p in plan.items()} == ranks
     for k, w in weights.items():
         out = method.compress(make_target(w, name=k, stats=fisher_stats[k], plan=plan[k]), cfg)
         assert out.info["rank"] == plan[k]["rank"] and out.info["allocation"] == "welore"

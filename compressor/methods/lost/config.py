@@ -1,10 +1,10 @@
-"""LOST's options: ratio, the sparse channels' budget share, or an explicit rank."""
+"""LOST's options: ratio, the budget split between rank and channels, and the objective."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compressor.core.method import MethodConfig
 
@@ -14,9 +14,30 @@ class LOSTConfig(MethodConfig):
     ratio: float = Field(0.2, ge=0.0, lt=1.0, description=(
         "Fraction of each target matrix's parameters removed (0.2 keeps 80%), counting the "
         "low-rank factors, the kept channels and their indices."))
-    sparse_frac: float = Field(0.1, ge=0.0, lt=1.0, description=(
-        "Fraction of the kept parameter budget spent on whole input channels of the SVD "
-        "residual; the rest goes to the low-rank part."))
+    sparse_frac: float | None = Field(None, ge=0.0, lt=1.0, description=(
+        "Fraction of the kept parameter budget spent on whole input channels; the rest goes "
+        "to the low-rank part. None (default): each matrix tries every value in "
+        "`sparse_fracs` and keeps the split with the least error on its objective (so a "
+        "matrix whose residual is spread evenly stays pure low rank)."))
+    sparse_fracs: list[float] = Field([0.0, 0.05, 0.1, 0.2], min_length=1, description=(
+        "Candidate channel shares searched per matrix when sparse_frac is None."))
+    whiten: bool = Field(False, description=(
+        "Activation-aware: minimize the output error on the calibration inputs (low rank "
+        "and channels in the whitened space, channels scored by residual x activation "
+        "norm, their columns fitted by least squares). False: the data-free weight error."))
+    percdamp: float = Field(0.01, ge=0.0, description=(
+        "Damping of the Gram diagonal (fraction of its mean) when whiten is true."))
+    iters: int = Field(1, ge=0, description=(
+        "Alternations of the low-rank refit and the channel fit after the first split."))
     rank: int | None = Field(None, ge=1, description=(
         "Explicit rank; overrides `ratio`. The channels then get sparse_frac of the total "
-        "r(m+n)/(1-sparse_frac)."))
+        "r(m+n)/(1-sparse_frac) (needs a fixed sparse_frac)."))
+
+    @model_validator(mode="after")
+    def _check(self) -> "LOSTConfig":
+        if any(not 0.0 <= f < 1.0 for f in self.sparse_fracs):
+            raise ValueError("sparse_fracs must lie in [0, 1)")
+        if self.rank is not None and self.sparse_frac is None:
+            raise ValueError("an explicit rank needs a fixed sparse_frac (the split search "
+                             "trades rank for channels under the ratio's budget)")
+        return self

@@ -1,9 +1,16 @@
 """LQ-LoRA stage: W ≈ NF-quantized Q + rank-r BA, with bits / block sizes chosen per matrix.
 
-plan() runs the decomposition (few iterations, randomized SVD) for every target and every
-candidate NF configuration, then an ILP picks one configuration per matrix so that the
-average bits per weight (codes, absmax (double-quantized) and the factors) meet bits.
-compress() runs the full decomposition with the planned configuration.
+plan() prices every candidate NF configuration (codes, double-quantized absmax and the
+rank-r factors at their 16-bit storage dtype) and gets its error on every target from a
+short decomposition (few iterations, randomized SVD); an ILP then picks one configuration
+per matrix so that the average bits per weight meet ``bits``. With ``error: output`` (the
+default) that error is the output error on the calibration inputs, tr(ΔW G ΔWᵀ), measured
+per target in a planning pass over the uncompressed model (``plan_measure``), so the ILP
+spends bits where the layer's outputs need them, not where ‖ΔW‖ is largest. compress()
+runs the full decomposition with the planned configuration on the sequential pass's Gram.
+
+The paper fine-tunes the low-rank part afterwards (a `heal` stage does that here); this
+stage alone is the training-free starting point.
 """
 
 from __future__ import annotations
@@ -23,11 +30,11 @@ from compressor.methods.lqlora.budget import (
     ilp_allocate,
     nf_quantizer,
 )
-from compressor.methods.lqlora.decompose import lq_decompose
+from compressor.methods.lqlora.decompose import lq_decompose, lq_plan_errors
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.quantized import NFQuantPart
-from compressor.primitives.linalg import check_rank
+from compressor.primitives.linalg import check_rank, whitening
 
 from .config import LQLoRAConfig
 
@@ -36,39 +43,92 @@ def _fisher_weights(fisher: torch.Tensor | None, name: str
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row / column weights: sqrt of the Fisher information averaged over columns / rows."""
     if fisher is None:
-        raise MissingStatistic(f"{name}: fisher_weighted needs the 'fisher' statistic; it was not collected")
+        raise MissingStatistic(f"{name}: error 'fisher' needs the 'fisher' statistic; it was not collected")
     f = fisher.float()
     return f.mean(1).sqrt(), f.mean(0).sqrt()
+
+
+def factor_dtype(cfg: LQLoRAConfig, storage: torch.dtype) -> torch.dtype:
+    """The dtype the factors are written (and priced) in."""
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cfg.factor_dtype, storage)
+
+
+def _weighting(target: Target, cfg: LQLoRAConfig) -> dict[str, Any]:
+    """lq_decompose's weighting keyword arguments for this target and config."""
+    if cfg.error == "fisher":
+        rw, cw = _fisher_weights(target.stats.fisher, target.name)
+        return {"row_weight": rw, "col_weight": cw}
+    if cfg.error == "output":
+        gram = target.stats.gram
+        if gram is None:
+            raise MissingStatistic(f"{target.name}: error 'output' needs the calibration Gram; "
+                                   f"give the stage calibration data (or use error: weight)")
+        L, _ = whitening(gram.to(target.weight.device), cfg.percdamp)
+        return {"whiten": L}
+    return {}
 
 
 @register
 class LQLoRA(Method):
     name = "lqlora"
     summary = ("Quantized (NormalFloat) + low-rank decomposition with per-matrix bits and "
-               "block sizes from an ILP under a bits-per-weight budget (LQ-LoRA).")
+               "block sizes from an ILP on the calibration output error under a bits-per-weight "
+               "budget (LQ-LoRA). The paper fine-tunes the low-rank part afterwards: add a "
+               "heal stage for that.")
     Config = LQLoRAConfig
     needs = frozenset()
 
     @classmethod
     def needs_for(cls, cfg: LQLoRAConfig) -> frozenset[str]:
-        """Statistics this configuration needs: Fisher only for the weighted variant."""
-        return frozenset({"fisher"}) if cfg.fisher_weighted else frozenset()
+        """Statistics compress() reads: the Gram (output error) or the Fisher (weighted)."""
+        return {"output": frozenset({"gram"}), "fisher": frozenset({"fisher"})}.get(
+            cfg.error, frozenset())
+
+    def plan_needs_for(self, cfg: LQLoRAConfig) -> frozenset[str]:
+        """The ILP's output errors need each target's Gram before any matrix is compressed."""
+        return frozenset({"gram"}) if cfg.mixed and cfg.error == "output" else frozenset()
+
+    def _error_row(self, w: torch.Tensor, cfg: LQLoRAConfig, configs: list[NFConfig],
+                   weighting: dict[str, Any], generator: torch.Generator | None) -> list[float]:
+        # The paper's objective: the summed (weighted) squared error over matrices, so a
+        # matrix whose outputs carry more signal counts for more.
+        if cfg.plan_iters <= 1:     # one shared step: see lq_plan_errors
+            return lq_plan_errors(w, cfg.rank, [nf_quantizer(c) for c in configs],
+                                  generator=generator, svd_method=cfg.plan_svd_method,
+                                  **weighting)
+        row = []
+        for conf in configs:
+            _, _, _, info = lq_decompose(
+                w, cfg.rank, nf_quantizer(conf), max_iters=cfg.plan_iters,
+                generator=generator, svd_method=cfg.plan_svd_method, **weighting)
+            row.append(info["abs_error"])
+        return row
+
+    def plan_measure(self, target: Target, cfg: LQLoRAConfig) -> list[float]:
+        """Output error tr(ΔW G ΔWᵀ) of every candidate configuration on this target."""
+        configs = candidate_configs(cfg.nf_bits, cfg.block_sizes)
+        check_rank(*target.weight.shape, cfg.rank, target.name, zero_ok=True)
+        return self._error_row(target.weight, cfg, configs, _weighting(target, cfg),
+                               target.generator)
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: LQLoRAConfig,
              fisher: dict[str, torch.Tensor] | None = None,
-             dtype: torch.dtype = torch.float16) -> dict[str, dict[str, Any]]:
+             dtype: torch.dtype = torch.float16,
+             measures: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         if not cfg.mixed:
             return {}
         configs = candidate_configs(cfg.nf_bits, cfg.block_sizes)
+        fdtype = factor_dtype(cfg, dtype)
         names = list(weights)
-        numels = [weights[nm].numel() for nm in names]
+        shapes = {nm: tuple(weights[nm].shape) for nm in names}
+        numels = [shapes[nm][0] * shapes[nm][1] for nm in names]
         total = float(sum(numels))
         bits_cache: dict[tuple[int, int], list[float]] = {}
         bits = []
         for name in names:
-            shape = tuple(weights[name].shape)
+            shape = shapes[name]
             if shape not in bits_cache:
-                bits_cache[shape] = [config_bits(c, shape[0], shape[1], cfg.rank, dtype)
+                bits_cache[shape] = [config_bits(c, shape[0], shape[1], cfg.rank, fdtype)
                                      for c in configs]
             bits.append(bits_cache[shape])
         # Cheap feasibility check before the expensive sweep of decompositions.
@@ -76,21 +136,22 @@ class LQLoRA(Method):
         if floor > cfg.bits:
             raise UserError(f"the budget {cfg.bits} bits/weight is below the smallest configuration "
                             f"{floor:.3f} (rank {cfg.rank} included); raise --bits or lower --rank")
-        errors = []
-        for name, numel in zip(names, numels):
-            w = weights[name]
-            rw = cw = None
-            if cfg.fisher_weighted:
-                rw, cw = _fisher_weights(None if fisher is None else fisher.get(name), name)
-            row = []
-            for conf in configs:
-                _, _, _, info = lq_decompose(
-                    w, cfg.rank, nf_quantizer(conf), max_iters=cfg.plan_iters,
-                    row_weight=rw, col_weight=cw, svd_method=cfg.plan_svd_method)
-                row.append(info["abs_error"])
-            # The paper's objective: the sum over matrices of ‖W − (Q + L)‖² (Fisher-weighted
-            # in the data-aware variant), so a high-norm matrix's error counts for more.
-            errors.append(row)
+        if cfg.error == "output":
+            if measures is None:
+                raise ValueError("error 'output' plans from calibration Grams, and none were "
+                                 "measured (run it through the pipeline, or use error: weight)")
+            missing = [nm for nm in names if nm not in measures]
+            if missing:
+                raise ValueError(f"no planning measure for {missing[:3]}")
+            errors = [list(measures[nm]) for nm in names]
+        else:
+            errors = []
+            for name in names:
+                weighting = {}
+                if cfg.error == "fisher":
+                    rw, cw = _fisher_weights(None if fisher is None else fisher.get(name), name)
+                    weighting = {"row_weight": rw, "col_weight": cw}
+                errors.append(self._error_row(weights[name], cfg, configs, weighting, None))
         choice, info = ilp_allocate(errors, bits, numels, cfg.bits)
         out = {}
         for i, (name, j) in enumerate(zip(names, choice)):
@@ -111,21 +172,21 @@ class LQLoRA(Method):
         else:
             conf = NFConfig(int(cfg.bits), cfg.block_size)
         check_rank(m, n, cfg.rank, target.name, zero_ok=True)
-        rw = cw = None
-        if cfg.fisher_weighted:
-            rw, cw = _fisher_weights(target.stats.fisher, target.name)
         q, a, b, dinfo = lq_decompose(
             target.weight.float(), cfg.rank, nf_quantizer(conf),
-            max_iters=cfg.max_iters, row_weight=rw, col_weight=cw,
-            generator=target.generator, svd_method=cfg.svd_method)
+            max_iters=cfg.max_iters, generator=target.generator, svd_method=cfg.svd_method,
+            **_weighting(target, cfg))
         parts = [NFQuantPart.from_quant(q)]
+        fdtype = factor_dtype(cfg, target.dtype)
         if cfg.rank > 0:
-            parts.append(LowRankPart(a.to(target.dtype), b.to(target.dtype)))
+            parts.append(LowRankPart(a.to(fdtype), b.to(fdtype)))
         module = CompressedLinear(m, n, parts, target.bias)
         info = {"nf_bits": conf.bits, "block_size": conf.block_size, "rank": cfg.rank,
                 "iterations": dinfo["iterations"], "error": dinfo["error"],
-                "fisher_weighted": cfg.fisher_weighted,
-                "weight_floored": dinfo["weight_floored"]}
+                "error_kind": cfg.error, "fisher_weighted": cfg.error == "fisher",
+                "factor_dtype": str(fdtype).removeprefix("torch."),
+                "weight_floored": dinfo["weight_floored"],
+                "bits_per_weight": 8.0 * sum(p.stored_bytes() for p in parts) / (m * n)}
         if "planned_error" in target.plan:
             info["planned_error"] = target.plan["planned_error"]
             info["ilp_achieved_bits"] = target.plan["ilp_achieved_bits"]

@@ -14,7 +14,11 @@ from compressor.core.method import require_stat
 from compressor.core.registry import register
 from compressor.core.types import Target
 from compressor.methods.lowrank_family import LowRankMethod
-from compressor.primitives.linalg import whitened_truncation, whitening
+from compressor.primitives.linalg import (
+    weighted_singular_values,
+    whitened_truncation,
+    whitening,
+)
 
 from .config import WhitenedSVDConfig
 
@@ -25,6 +29,11 @@ class WhitenedSVD(LowRankMethod):
     summary = "SVD-LLM-style SVD of W·L (XᵀX = LLᵀ): minimizes the layer's output error."
     Config = WhitenedSVDConfig
     needs = frozenset({"gram"})
+
+    def spectrum(self, target: Target, cfg: Any) -> torch.Tensor:
+        """Singular values of W·L: what the whitened truncation cuts (WeLore must read these)."""
+        L, _ = whitening(require_stat(target, "gram").to(target.weight.device), cfg.percdamp)
+        return weighted_singular_values(target.weight, None, L)
 
     def factorize(self, target: Target, cfg: Any, rank: int
                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:

@@ -1,0 +1,146 @@
+"""LOST's low-rank + channel-sparse split of one matrix, data-free or activation-aware.
+
+W ≈ BA + S, BA of rank r, S non-zero on c whole input channels (columns). Both variants
+alternate the two exact sub-steps of their objective, starting from the pure low-rank fit:
+
+* data-free, ‖W − BA − S‖_F: with channels C fixed, S[:, C] = (W − BA)[:, C] makes those
+  columns exact, so BA should fit only the other columns: BA = SVD_r of W with C's columns
+  zeroed. C: the r-residual's largest column norms (LOST's channel choice).
+* activation-aware, ‖(W − BA − S)L‖_F with XᵀX = L Lᵀ (the output error on calibration
+  inputs): channels scored by ‖R[:, j]‖·‖x_j‖ (residual times activation norm, √G_jj); with
+  C fixed the best S is a least-squares fit, S_C = R·G[:, C]·G[C, C]⁻¹ (the kept channels also
+  absorb the error of the channels correlated with them), and with S fixed the best BA is
+  the whitened truncation of W − S.
+
+Each step of either alternation is optimal given the other part, so the objective never
+rises; ``lost_split`` tries several rank / channel splits of the same byte budget (rank-only
+included) and keeps the best, so the result is never worse than the rank-only special case.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import compressor.primitives.linalg as linalg
+
+
+def _topk_sorted(score: torch.Tensor, c: int) -> torch.Tensor:
+    return torch.sort(torch.topk(score, c, sorted=False).indices).values
+
+
+def lost_data_free(w: torch.Tensor, r: int, c: int, iters: int = 2,
+                   svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(A, B, channels, columns, squared error) minimizing ‖W − BA − S‖_F, float64.
+
+    ``svd``: a full SVD (U, S, Vh) of W to start from (shared by several splits)."""
+    w64 = w.detach().to(torch.float64)
+    m, n = w64.shape
+    u, s, vh = svd if svd is not None else torch.linalg.svd(w64, full_matrices=False)
+    B, A = u[:, :r] * s[:r].sqrt(), s[:r].sqrt()[:, None] * vh[:r]
+    resid = w64 - B @ A
+    if c == 0:
+        return A, B, torch.zeros(0, dtype=torch.long), w64.new_zeros(m, 0), float(resid.pow(2).sum())
+    chosen = _topk_sorted(torch.linalg.vector_norm(resid, dim=0), c)
+    err = float(resid.pow(2).sum() - resid[:, chosen].pow(2).sum())
+    for _ in range(iters):
+        masked = w64.clone()
+        masked[:, chosen] = 0
+        uu, ss, vv = linalg._svd64(masked, r)
+        B2, A2 = uu * ss.sqrt(), ss.sqrt()[:, None] * vv
+        resid2 = w64 - B2 @ A2
+        norms2 = resid2.pow(2).sum(0)
+        # re-choosing the channels on the new residual can only lower the error here
+        chosen2 = _topk_sorted(norms2, c)
+        err2 = float(norms2.sum() - norms2[chosen2].sum())
+        if err2 >= err:
+            break
+        A, B, resid, err, chosen = A2, B2, resid2, err2, chosen2
+    return A, B, chosen, resid[:, chosen], err
+
+
+def _ls_columns(resid: torch.Tensor, g: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """S_C = R G[:, C] G[C, C]⁻¹: the best columns on C for ‖(R − S)L‖², G = L Lᵀ."""
+    gcc = g[chosen][:, chosen]
+    rhs = resid @ g[:, chosen]                        # (m, c)
+    chol, info = torch.linalg.cholesky_ex(gcc)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs.mT, chol).mT
+    return torch.linalg.lstsq(gcc, rhs.mT).solution.mT
+
+
+def lost_whitened(w: torch.Tensor, L: torch.Tensor, r: int, c: int, iters: int = 2,
+                  svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(A, B, channels, columns, squared output error) minimizing ‖(W − BA − S)L‖_F, float64.
+
+    ``L``: lower-triangular, L Lᵀ = the damped Gram. ``svd``: a full SVD of W·L to start from."""
+    w64 = w.detach().to(torch.float64)
+    L64 = L.to(device=w64.device, dtype=torch.float64)
+    m, n = w64.shape
+    g = L64 @ L64.mT
+    wl = w64 @ L64
+    u, s, vh = svd if svd is not None else torch.linalg.svd(wl, full_matrices=False)
+
+    def factors(u, s, vh):
+        rt = s.sqrt()
+        B = u * rt
+        A = torch.linalg.solve_triangular(L64, rt[:, None] * vh, upper=False, left=False)
+        return A, B
+
+    A, B = factors(u[:, :r], s[:r], vh[:r])
+    resid = w64 - B @ A
+    err = float((wl - (u[:, :r] * s[:r]) @ vh[:r]).pow(2).sum())
+    if c == 0:
+        return A, B, torch.zeros(0, dtype=torch.long), w64.new_zeros(m, 0), err
+    act = torch.diagonal(g).clamp_min(0).sqrt()
+    chosen = _topk_sorted(torch.linalg.vector_norm(resid, dim=0) * act, c)
+    cols = _ls_columns(resid, g, chosen)
+    sparse = torch.zeros_like(w64)
+    sparse[:, chosen] = cols
+    err = float(((resid - sparse) @ L64).pow(2).sum())
+    for _ in range(iters):
+        uu, ss, vv = linalg._svd64((w64 - sparse) @ L64, r)
+        A2, B2 = factors(uu, ss, vv)
+        resid2 = w64 - B2 @ A2
+        # re-choose the channels on the new residual (outlier pursuit), keep what is better
+        chosen2 = _topk_sorted(torch.linalg.vector_norm(resid2, dim=0) * act, c)
+        step = None
+        for ch in (chosen2, chosen) if not torch.equal(chosen2, chosen) else (chosen,):
+            cols2 = _ls_columns(resid2, g, ch)
+            sparse2 = torch.zeros_like(w64)
+            sparse2[:, ch] = cols2
+            err2 = float(((resid2 - sparse2) @ L64).pow(2).sum())
+            if step is None or err2 < step[0]:
+                step = (err2, ch, cols2, sparse2)
+        if step[0] >= err:
+            break
+        err, chosen, cols, sparse = step[0], step[1], step[2], step[3]
+        A, B = A2, B2
+    return A, B, chosen, cols, err
+
+
+def lost_split(w: torch.Tensor, sizes: list[tuple[int, int]], L: torch.Tensor | None = None,
+               iters: int = 2) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
+    """Best of several (rank, channels) splits of one budget on the variant's own objective.
+
+    ``sizes``: candidate (r, c) pairs (include (r_max, 0), the rank-only split). Returns
+    ((A, B, channels, columns), info) with info: rank, channels, error (squared, of the
+    chosen split), errors ({"r,c": squared error} of every candidate)."""
+    w64 = w.detach().to(torch.float64)
+    if L is None:
+        svd = torch.linalg.svd(w64, full_matrices=False)
+    else:
+        svd = torch.linalg.svd(w64 @ L.to(torch.float64), full_matrices=False)
+    best, errors = None, {}
+    for r, c in sizes:
+        out = (lost_data_free(w, r, c, iters, svd) if L is None
+               else lost_whitened(w, L, r, c, iters, svd))
+        errors[f"{r},{c}"] = out[4]
+        if best is None or out[4] < best[4]:
+            best = out
+    A, B, chosen, cols, err = best
+    return (A, B, chosen, cols), {"rank": A.shape[0], "channels": int(chosen.numel()),
+                                  "error": err, "errors": errors}

@@ -1,0 +1,231 @@
+"""Issue 11: two-sided weighted SVD, activation-aware LOST, WeLore on the spectra a method
+truncates, LQ-LoRA on the output error with 16-bit factors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressor.core.registry import get_method
+from compressor.core.types import LinearStats, Target
+from compressor.primitives.linalg import (
+    two_sided_truncation,
+    whitened_truncation,
+    whitening,
+)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def target(w, stats=None, plan=None, dtype=torch.float32, name="model.layers.0.mlp.up_proj"):
+    return Target(name=name, layer_index=0, kind=name.rsplit(".", 1)[-1], weight=w, bias=None,
+                  stats=stats or LinearStats(), generator=gen(3), dtype=dtype, plan=plan or {})
+
+
+def gram_of(n, seed, tokens=300):
+    g = gen(seed)
+    x = torch.randn(tokens, n, generator=g) * torch.linspace(0.1, 4.0, n)
+    x = x @ (torch.eye(n) + 0.4 * torch.randn(n, n, generator=g))
+    return x.T @ x
+
+
+def out_err(delta, G):
+    d = delta.double()
+    return float(((d @ G.double()) * d).sum())
+
+
+# --- two-sided weighted SVD ------------------------------------------------------------------
+
+def _brute_force(W, d, L, k, starts=12, iters=300):
+    """min ‖diag(d)(W − BA)L‖² by alternating exact least squares on the vectorized problem
+    (no SVD of the weighted matrix), best of several random starts."""
+    W, d, L = W.double(), d.double(), L.double()
+    m, n = W.shape
+    D = torch.diag(d)
+    target_vec = (D @ W @ L).reshape(-1)
+    best = float("inf")
+    g = gen(99)
+    for _ in range(starts):
+        A = torch.randn(k, n, generator=g, dtype=torch.float64)
+        for _ in range(iters):
+            # vec(D B A L) = kron(D, (A L)ᵀ) vec(B)   (row-major vec)
+            M = torch.kron(D, (A @ L).T.contiguous())
+            B = torch.linalg.lstsq(M, target_vec.unsqueeze(1)).solution.reshape(m, k)
+            # vec(D B A L) = kron(D B, Lᵀ) vec(A)
+            M2 = torch.kron(D @ B, L.T.contiguous())
+            A = torch.linalg.lstsq(M2, target_vec.unsqueeze(1)).solution.reshape(k, n)
+        best = min(best, float((D @ (W - B @ A) @ L).pow(2).sum()))
+    return best
+
+
+def test_two_sided_weighted_svd_equals_brute_force_optimum():
+    g = gen(1)
+    m, n, k = 7, 6, 2
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    d = torch.rand(m, generator=g, dtype=torch.float64) * 3 + 0.1
+    L, _ = whitening(gram_of(n, 2).double(), 0.0)
+    A, B = two_sided_truncation(W, d, L, k, dtype=torch.float64)
+    ours = float((torch.diag(d) @ (W - B @ A) @ L.double()).pow(2).sum())
+    bf = _brute_force(W, d, L, k)
+    assert ours == pytest.approx(bf, rel=1e-6)
+    # and the unweighted / one-sided answers are worse on this objective
+    A1, B1 = whitened_truncation(W, L, k, dtype=torch.float64)
+    assert ours < float((torch.diag(d) @ (W - B1 @ A1) @ L.double()).pow(2).sum()) * (1 - 1e-3)
+    # with D = I it is SVD-LLM's whitened truncation
+    A2, B2 = two_sided_truncation(W, None, L, k, dtype=torch.float64)
+    assert torch.allclose(B2 @ A2, B1 @ A1, atol=1e-9)
+
+
+def test_fwsvd_whiten_uses_rows_and_gram():
+    g = gen(4)
+    W = torch.randn(24, 16, generator=g)
+    G = gram_of(16, 5)
+    rows = torch.rand(24, generator=g) + 0.05
+    st = LinearStats(ntokens=300, gram=G, fisher_rows=rows)
+    m = get_method("fwsvd")()
+    cfg = m.Config(rank=4, whiten=True)
+    assert m.needs_for(cfg) == frozenset({"fisher_rows", "gram"})
+    out = m.compress(target(W, st), cfg)
+    L, _ = whitening(G, cfg.percdamp)
+    A, B = two_sided_truncation(W, rows.double().sqrt(), L, 4)
+    assert torch.allclose(out.module.dense_weight(), B @ A, atol=1e-5)
+    with pytest.raises(ValueError, match="axis"):
+        m.Config(whiten=True, axis="both")
+
+
+# --- LOST ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5])
+def test_activation_aware_lost_never_worse_than_its_rank_only_case(seed, ratio):
+    g = gen(seed)
+    W = torch.randn(40, 32, generator=g)
+    W[:, 3] *= 6.0
+    G = gram_of(32, seed + 10)
+    st = LinearStats(ntokens=300, gram=G)
+    lost = get_method("lost")()
+    cfg = lost.Config(ratio=ratio, whiten=True, sparse_fracs=[0.0, 0.1, 0.3])
+    res = lost.compress(target(W, st), cfg)
+    only = lost.compress(target(W, st), lost.Config(ratio=ratio, whiten=True, sparse_frac=0.0))
+    L, _ = whitening(G, cfg.percdamp)
+    Gd = L.double() @ L.double().T
+    e_lost = out_err(W - res.module.dense_weight(), Gd)
+    e_only = out_err(W - only.module.dense_weight(), Gd)
+    assert e_lost <= e_only * (1 + 1e-5)
+    # the rank-only special case is whitened SVD at the same budget
+    ws = get_method("whitened-svd")()
+    ref = ws.compress(target(W, st), ws.Config(rank=only.info["rank"]))
+    assert out_err(W - ref.module.dense_weight(), Gd) == pytest.approx(e_only, rel=1e-4)
+    assert res.module.stored_bytes() <= (1 - ratio) * W.numel() * 4
+
+
+def test_activation_aware_lost_finds_planted_channels_and_beats_whitened_svd():
+    g = gen(7)
+    W = torch.randn(48, 4, generator=g) @ torch.randn(4, 40, generator=g)
+    cols = torch.tensor([2, 11, 30])
+    W[:, cols] += 3 * torch.randn(48, 3, generator=g)
+    G = gram_of(40, 8)
+    st = LinearStats(ntokens=300, gram=G)
+    lost, ws = get_method("lost")(), get_method("whitened-svd")()
+    res = lost.compress(target(W, st), lost.Config(ratio=0.7, whiten=True, iters=4,
+                                                    sparse_fracs=[0.0, 0.2, 0.4]))
+    ref = ws.compress(target(W, st), ws.Config(ratio=0.7))
+    assert res.info["channels"] >= 2          # the search spends budget on channels here
+    assert len(set(cols.tolist()) & set(res.module.parts[1].indices.long().tolist())) >= 2
+    L, _ = whitening(G, 0.01)
+    Gd = L.double() @ L.double().T
+    assert out_err(W - res.module.dense_weight(), Gd) < 0.5 * out_err(W - ref.module.dense_weight(), Gd)
+
+
+def test_data_free_lost_search_never_worse_than_svd():
+    g = gen(12)
+    W = torch.randn(40, 32, generator=g)
+    lost, svd = get_method("lost")(), get_method("svd")()
+    for ratio in (0.1, 0.3):
+        res = lost.compress(target(W), lost.Config(ratio=ratio))
+        ref = svd.compress(target(W), svd.Config(ratio=ratio))
+        e = float((W - res.module.dense_weight()).pow(2).sum())
+        assert e <= float((W - ref.module.dense_weight()).pow(2).sum()) * (1 + 1e-5)
+        assert "0" in {k.split(",")[1] for k in res.info["split_errors"]}
+
+
+# --- WeLore on whitened spectra ----------------------------------------------------------------
+
+def test_welore_allocation_for_whitened_svd_reads_whitened_spectra():
+    from compressor.primitives.allocation import welore_ranks
+    g = gen(20)
+    names = [f"model.layers.0.{k}" for k in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj")]
+    weights = {names[0]: torch.randn(32, 24, generator=g),
+               names[1]: torch.randn(40, 24, generator=g),
+               names[2]: torch.randn(24, 40, generator=g)}
+    grams = {names[0]: gram_of(24, 1), names[1]: torch.diag(torch.logspace(-3, 3, 24)),
+             names[2]: gram_of(40, 3)}
+    ws = get_method("whitened-svd")()
+    cfg = ws.Config(ratio=0.4, allocation="welore")
+    assert ws.plan_needs_for(cfg) == frozenset({"gram"})
+    assert ws.plan_needs_for(ws.Config(ratio=0.4)) == frozenset()
+    with pytest.raises(ValueError, match="spectra"):
+        ws.plan(weights, cfg)
+    measures = {k: ws.plan_measure(target(w, LinearStats(gram=grams[k]), name=k), cfg)
+                for k, w in weights.items()}
+    plan = ws.plan(weights, cfg, measures=measures)
+    wl = {}
+    for k, w in weights.items():
+        L, _ = whitening(grams[k], cfg.percdamp)
+        wl[k] = torch.linalg.svdvals(w.double() @ L)
+    expect, _ = welore_ranks(wl, 0.4, shapes={k: tuple(w.shape) for k, w in weights.items()})
+    assert {k: p["rank"] for k, p in plan.items()} == expect
+    plain, _ = welore_ranks(weights, 0.4)
+    assert expect != plain          # the data changes the allocation here
+
+
+# --- LQ-LoRA on the output error -----------------------------------------------------------------
+
+def test_lq_output_error_variant_measures_and_lowers_the_output_error():
+    from compressor.methods.lqlora.budget import NFConfig, nf_quantizer
+    from compressor.methods.lqlora.decompose import lq_decompose, lq_plan_errors
+    from compressor.primitives.grids import dequantize_nf
+    g = gen(30)
+    W = torch.randn(48, 32, generator=g) * 0.05
+    G = gram_of(32, 31)
+    L, _ = whitening(G, 0.01)
+    Gd = L.double() @ L.double().T
+    quant = nf_quantizer(NFConfig(3, 32))
+    q, a, b, info = lq_decompose(W, 4, quant, max_iters=10, whiten=L)
+    e = out_err(W - dequantize_nf(q) - b @ a, Gd)
+    assert info["abs_error"] == pytest.approx(e, rel=1e-4)
+    q0, a0, b0, _ = lq_decompose(W, 4, quant, max_iters=10)          # data-free L
+    assert e < out_err(W - dequantize_nf(q0) - b0 @ a0, Gd)
+    est = lq_plan_errors(W, 4, [quant], whiten=L, generator=gen(0), svd_method="full")[0]
+    assert e <= est * (1 + 1e-6)                  # the planning estimate is an upper bound
+
+
+def test_lq_plan_from_measures_and_16bit_factors_meet_the_budget():
+    m = get_method("lqlora")()
+    g = gen(40)
+    names = ["model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj"]
+    weights = {names[0]: torch.randn(64, 64, generator=g) * 0.05,
+               names[1]: torch.randn(64, 64, generator=g) * 0.05}
+    grams = {names[0]: gram_of(64, 41), names[1]: gram_of(64, 42) * 100}
+    cfg = m.Config(bits=3.8, rank=2, nf_bits=[2, 3, 4], block_sizes=[64])
+    assert cfg.error == "output" and cfg.factor_dtype == "float16"
+    with pytest.raises(ValueError, match="Gram"):
+        m.plan(weights, cfg, dtype=torch.float32)
+    measures = {k: m.plan_measure(target(w, LinearStats(gram=grams[k]), name=k), cfg)
+                for k, w in weights.items()}
+    plan = m.plan(weights, cfg, dtype=torch.float32, measures=measures)
+    # the matrix whose outputs are 100x louder gets the wider code
+    assert plan[names[1]]["nf_bits"] > plan[names[0]]["nf_bits"]
+    total = 0.0
+    for k, w in weights.items():
+        out = m.compress(target(w, LinearStats(gram=grams[k]), plan[k], dtype=torch.float32, name=k), cfg)
+        low = out.module.parts[1]
+        assert low.A.dtype == torch.float16 and low.spec()["dtype"] == "float16"
+        assert out.info["bits_per_weight"] == pytest.approx(plan[k]["planned_bits"])
+        total += 8 * out.module.stored_bytes() - 0
+        # a checkpoint load rebuilds the factors in their own dtype
+        from compressor.parts.lowrank import LowRankPart
+        assert LowRankPart.from_spec(low.spec(), torch.float32).A.dtype == torch.float16
+    assert total / sum(w.numel() for w in weights.values()) <= 3.8 + 1e-9
