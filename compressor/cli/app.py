@@ -44,7 +44,7 @@ def main() -> None:
         if debug:
             raise
         console.print(f"[red]error:[/] {e}")
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into one line
         if debug:
             raise

@@ -50,10 +50,19 @@ def _print_summary(report: dict[str, Any], output: Path) -> None:
         raise typer.Exit(3)
 
 
+def _maybe_launch(nproc: int) -> None:
+    """--nproc N > 1 outside torchrun: start N ranks of this same command and exit with theirs."""
+    from compressor.cli.launch import launch, launched_rank
+    if nproc > 1 and not launched_rank():
+        raise typer.Exit(launch(nproc))
+
+
 def _run(recipe, force: bool, resume: bool) -> None:
     from compressor.api import compress
     with RichProgress() as progress:
         result = compress(recipe, force=force, resume=resume, progress=progress, command=_command_line())
+    if not result.report:   # a rank other than 0: rank 0 writes and summarizes
+        return
     _print_summary(result.report, result.output)
 
 
@@ -89,8 +98,10 @@ def compress(
     eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="score only this many windows (partial)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
+    nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
 ) -> None:
     """Compress MODEL with one method (from flags) or a recipe's stages."""
+    _maybe_launch(nproc)
     params = {"bits": bits, "rank": rank, "ratio": ratio, "group_size": group_size,
               "sparsity": sparsity, "compensation": compensation, "lowrank_bits": lowrank_bits,
               "outlier_frac": outlier_frac, "sparse_frac": sparse_frac,
@@ -144,8 +155,11 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (model, stages, out
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="override the recipe's output"),
         device: Optional[str] = typer.Option(None, help="override the recipe's device"),
         force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
-        resume: bool = typer.Option(False, "--resume", help="continue an interrupted run")) -> None:
+        resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+        nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
+        ) -> None:
     """Run a recipe end to end; exit 3 when an `expect` value is missed."""
+    _maybe_launch(nproc)
     r = load_recipe(recipe)
     if output is not None:
         r.output = str(output)
