@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -417,7 +418,11 @@ def _quiet() -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    """The first line of a backend error, without gloo's ``[/path/pair.cc:537]`` source tags
+    (which rich would also take for markup)."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    line = re.sub(r"\[/[^\]]*\]\s*", "", line).strip() or type(e).__name__
+    return line[:200]
 
 
 def run_on_main(d: Distributed, fn: Callable[[], Any], what: str) -> Any:
