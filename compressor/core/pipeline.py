@@ -107,6 +107,7 @@ def sequential_compress(
     resume: Any | None = None,
     storage_dtype: torch.dtype | None = None,
     dist: Any | None = None,
+    layer_io: Any | None = None,
 ) -> SequentialResult:
     """Compress every target linear of every decoder layer in place; return report rows.
 
@@ -115,6 +116,8 @@ def sequential_compress(
     ``dist`` (core.distributed.Distributed), when active: ``windows`` is this rank's shard,
     statistics are summed over ranks, each rank compresses its share of each layer's targets
     and receives the others' (only rank 0 is given ``resume``).
+    ``layer_io`` (core.streaming.LayerStream), when given, reads layer i's weights just before
+    it is processed (``load(i, layer)``) and writes and frees it after (``release(i, layer)``).
     """
     progress = progress or NullProgress()
     times = {"capture": 0.0, "calibrate": 0.0, "compress": 0.0, "propagate": 0.0}
@@ -129,6 +132,8 @@ def sequential_compress(
     n_layers = len(layers)
     progress.start("layers", n_layers, "layer")
     for i, layer in enumerate(layers):
+        if layer_io is not None:  # --- streaming: materialize layer i from the shards
+            layer_io.load(i, layer)
         layer.to(device)
         kw = layer_kwargs[i]
         targets = targets_of(layer)
@@ -176,11 +181,16 @@ def sequential_compress(
         hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
         times["propagate"] += time.perf_counter() - t
         layer.to("cpu")
+        if layer_io is not None:  # --- streaming: write layer i, free it
+            layer_io.release(i, layer)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         progress.advance("layers", 1, note)
     progress.finish("layers")
-    model.to("cpu")
+    if layer_io is None:
+        model.to("cpu")
+    else:
+        move_all_but_layers(model, layers_path, "cpu")
     model.train(model_was_training)
     return SequentialResult(records=records, stage_seconds=times)
 
