@@ -139,6 +139,17 @@ class LayerStream:
         self.weight_map.update({k: fname for k in tensors})
         self.total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
         layer.to("meta")   # frees the layer's memory
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the resident size
+    creeps up by a few freed layers' worth)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class ShardWeights(Mapping):
