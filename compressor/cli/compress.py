@@ -99,6 +99,7 @@ def compress(
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
     nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
+    stream: bool = typer.Option(False, "--stream", help="read and write one decoder layer at a time (models larger than RAM)"),
 ) -> None:
     """Compress MODEL with one method (from flags) or a recipe's stages."""
     _maybe_launch(nproc)
@@ -127,7 +128,20 @@ def compress(
         names = "-".join(str(s.get("method")) for s in data["stages"] if isinstance(s, dict))
         output = Path(data.get("output") or Path("out") / f"{Path(model).name}-{names}")
     data["output"] = str(output)
+    if stream:   # --- streaming: its own orchestration (core/streaming.py)
+        _run_streaming(parse_recipe(data, "command line"), force, resume, nproc)
+        return
     _run(parse_recipe(data, "command line"), force, resume)
+
+
+def _run_streaming(recipe, force: bool, resume: bool, nproc: int) -> None:
+    from compressor.core.streaming import stream_compress
+    if resume or nproc > 1 or recipe.eval:
+        raise UserError("--stream runs alone: without --resume, --nproc or --eval "
+                        "(evaluate the output with `svdc eval` afterwards)")
+    with RichProgress() as progress:
+        report = stream_compress(recipe, force=force, progress=progress, command=_command_line())
+    _print_summary(report, Path(recipe.output))
 
 
 def _stages_data(method: str | None, recipe: Path | None, base: str | None,

@@ -279,6 +279,8 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
                                      "streamed": True}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
         tokenizer.save_pretrained(tmp)
+        from compressor.recipe import dump_recipe
+        (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
         report = {"svdc_version": __version__, "command": command, "streamed": True,
                   "recipe": recipe.model_dump(mode="json"), "device": str(device),
                   "dtype": str(dtype).removeprefix("torch."),
