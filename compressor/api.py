@@ -19,6 +19,7 @@ from compressor import __version__
 from compressor.accounting import model_footprint, totals, written_entries
 from compressor.atomic import atomic_dir
 from compressor.checkpoint import round_uncompressed, save_compressed
+from compressor.core.distributed import Distributed, run_on_main
 from compressor.core.gradients import GRAD_STATS
 from compressor.core.pipeline import sequential_compress
 from compressor.core.planning import planning_pass
@@ -76,6 +77,11 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
     device = resolve_device(recipe.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}), sort_keys=True)
+    dist = Distributed.start(device, recipe_json + __version__)   # --- distributed (no-op alone)
+    device = dist.device
+    if not dist.is_main:
+        progress = NullProgress()
     timer = StageTimer()
     stages = [Stage.of(cfg) for cfg in recipe.stages]
     needs = stage_needs(stages)
@@ -112,7 +118,8 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
     want = set(needs & GRAD_STATS)
     if want:
         with timer("gradients"):
-            grad_stats, grad_info = _gradients(recipe, model, windows, target_names, want, device, progress)
+            grad_stats, grad_info = _gradients(recipe, model, windows, target_names, want, device, progress,
+                                               dist)
 
     with timer("plan"):
         weights = DeviceWeights({n: model.get_submodule(n).weight for n in target_names}, device)
@@ -131,16 +138,21 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
             st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=storage_dtype,
                                          measures=measures.get(k)) or {}
 
-    recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}), sort_keys=True)
-    ckpt = LayerCheckpoints(resume_dir_for(output),
-                            fingerprint(minfo_d, windows, recipe_json, __version__), resume)
+    run_fp = fingerprint(minfo_d, windows, recipe_json, __version__)
+    dist.agree("run fingerprint (model, calibration windows, recipe)", run_fp,
+               "every rank must load the same model files and calibration data")
+    ckpt = run_on_main(dist, lambda: LayerCheckpoints(resume_dir_for(output), run_fp, resume),
+                       "the resume check")
     with timer("layers"):
         result = sequential_compress(
             model, layers_path, layers,
             targets_of=lambda layer: target_linears(layer, include=inc, exclude=exc),
-            kind_of=linear_kind, windows=windows, stages=stages, needs=needs, device=device,
+            kind_of=linear_kind, windows=dist.shard(windows), stages=stages, needs=needs, device=device,
             seed=cal.seed, grad_stats=grad_stats, progress=progress, resume=ckpt,
-            storage_dtype=storage_dtype)
+            storage_dtype=storage_dtype, dist=dist)
+        dist.close()                               # rank 0 writes and evaluates alone
+        if not dist.is_main:
+            return CompressResult(output=output, report={}, model=None)
         round_uncompressed(model, storage_dtype)   # evaluate what the file holds
     timer.seconds.update({f"layers.{k}": v for k, v in result.stage_seconds.items()})
 
@@ -151,7 +163,7 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
         "storage_dtype": str(storage_dtype).removeprefix("torch."),
         "calibration": {"dataset": cal.dataset, "nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
                         "seed": cal.seed},
-        "gradients": grad_info, "resumed_layers": ckpt.resumed_layers,
+        "gradients": grad_info, "resumed_layers": ckpt.resumed_layers, "distributed": dist.info(),
         "modules": [r.to_dict() for r in result.records],
         "versions": versions(), "machine": machine(device)}
     with atomic_dir(output, force) as tmp:
@@ -187,7 +199,7 @@ class DeviceWeights(Mapping):
         return len(self._w)
 
 
-def _gradients(recipe, model, windows, target_names, want, device, progress):
+def _gradients(recipe, model, windows, target_names, want, device, progress, dist=None):
     """Fisher / |grad| of the targets: loaded from --fisher-file when it matches, else computed
     (and saved there). The file is keyed by the windows and target shapes it was made from."""
     from compressor.core.gradient_file import (
@@ -208,10 +220,17 @@ def _gradients(recipe, model, windows, target_names, want, device, progress):
         if missing:
             raise UserError(f"{g.fisher_file} lacks {missing}; delete it or point --fisher-file elsewhere to recompute")
         return stats, {"loaded_from": g.fisher_file, **meta}
-    stats, info = gradient_stats(model, windows[:n], target_names, set(want), device,
-                                 progress=_progress_fn(progress, "gradients"))
+    if dist is not None and dist.active:   # --- distributed: each rank its shard, sums reduced
+        local = dist.shard(windows[:n])
+        stats, info = gradient_stats(model, local, target_names, set(want), device,
+                                     progress=_progress_fn(progress, "gradients"))
+        stats = dist.reduce_gradient_stats(stats, int(local.shape[0]), n)
+        info = {**info, "nsamples": n, "nsamples_per_rank": int(local.shape[0])}
+    else:
+        stats, info = gradient_stats(model, windows[:n], target_names, set(want), device,
+                                     progress=_progress_fn(progress, "gradients"))
     model.to("cpu")
-    if g.fisher_file:
+    if g.fisher_file and (dist is None or dist.is_main):
         save_gradient_stats(g.fisher_file, stats, {"model": str(recipe.model), "nsamples": n,
                                                    "seqlen": int(windows.shape[1]),
                                                    "seed": recipe.calibration.seed, "fingerprint": fp})

@@ -57,7 +57,7 @@ def main() -> None:
         if debug:
             raise
         _error(str(e))
-        sys.exit(EXIT_USER)
+        sys.exit(getattr(e, "exit_code", EXIT_USER))
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into one line
         if debug:
             raise

@@ -54,12 +54,21 @@ TRUST_HELP = ("run Python code shipped in the model folder (config auto_map); on
               "folders you trust")
 
 
+def _maybe_launch(nproc: int) -> None:
+    """--nproc N > 1 outside torchrun: start N ranks of this same command and exit with theirs."""
+    from compressor.cli.launch import launch, launched_rank
+    if nproc > 1 and not launched_rank():
+        raise typer.Exit(launch(nproc))
+
+
 def _run(recipe, force: bool, resume: bool, trust_remote_code: bool = False,
          recipe_file: Path | None = None) -> None:
     from compressor.api import compress
     with RichProgress() as progress:
         result = compress(recipe, force=force, resume=resume, progress=progress, command=_command_line(),
                           trust_remote_code=trust_remote_code, recipe_file=recipe_file)
+    if not result.report:   # a rank other than 0: rank 0 writes and summarizes
+        return
     _print_summary(result.report, result.output)
 
 
@@ -96,8 +105,11 @@ def compress(
     force: bool = typer.Option(False, "--force", help="replace an existing output folder (only an earlier svdc output or an empty folder)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
+    stream: bool = typer.Option(False, "--stream", help="read and write one decoder layer at a time (models larger than RAM)"),
 ) -> None:
     """Compress MODEL with one method (from flags) or a recipe's stages."""
+    _maybe_launch(nproc)
     params = {"bits": bits, "rank": rank, "ratio": ratio, "group_size": group_size,
               "sparsity": sparsity, "compensation": compensation, "lowrank_bits": lowrank_bits,
               "outlier_frac": outlier_frac, "sparse_frac": sparse_frac,
@@ -123,7 +135,23 @@ def compress(
         names = "-".join(str(s.get("method")) for s in data["stages"] if isinstance(s, dict))
         output = Path(data.get("output") or Path("out") / f"{Path(model).name}-{names}")
     data["output"] = str(output)
+    if stream:   # streaming has its own orchestration (core/streaming.py)
+        _run_streaming(parse_recipe(data, "command line"), force, resume, nproc)
+        return
     _run(parse_recipe(data, "command line"), force, resume, trust_remote_code, recipe)
+
+
+def _run_streaming(recipe, force: bool, resume: bool, nproc: int) -> None:
+    from compressor.core.streaming import stream_compress
+    if resume or nproc > 1 or recipe.eval:
+        raise UserError("--stream runs alone: without --resume, --nproc or --eval "
+                        "(evaluate the output with `svdc eval` afterwards)")
+    from compressor.safety.guard import guarded_output, inputs_of
+    protected = inputs_of(recipe.model, None, recipe.calibration.dataset,
+                          recipe.gradients.fisher_file)
+    with guarded_output(Path(recipe.output), force, protected), RichProgress() as progress:
+        report = stream_compress(recipe, force=force, progress=progress, command=_command_line())
+    _print_summary(report, Path(recipe.output))
 
 
 def _stages_data(method: str | None, recipe: Path | None, base: str | None,
@@ -152,8 +180,10 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (model, stages, out
         device: Optional[str] = typer.Option(None, help="override the recipe's device"),
         force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
-        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP)) -> None:
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+        nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)")) -> None:
     """Run a recipe end to end; exit 3 when an `expect` value is missed."""
+    _maybe_launch(nproc)
     r = load_recipe(recipe)
     if output is not None:
         r.output = str(output)

@@ -106,11 +106,18 @@ def sequential_compress(
     progress: ProgressSink | None = None,
     resume: Any | None = None,
     storage_dtype: torch.dtype | None = None,
+    dist: Any | None = None,
+    layer_io: Any | None = None,
 ) -> SequentialResult:
     """Compress every target linear of every decoder layer in place; return report rows.
 
     ``resume``, when given, is a LayerCheckpoints: layers it holds are loaded instead of
     recomputed (and only propagated); each newly finished layer is saved to it.
+    ``dist`` (core.distributed.Distributed), when active: ``windows`` is this rank's shard,
+    statistics are summed over ranks, each rank compresses its share of each layer's targets
+    and receives the others' (only rank 0 is given ``resume``).
+    ``layer_io`` (core.streaming.LayerStream), when given, reads layer i's weights just before
+    it is processed (``load(i, layer)``) and writes and frees it after (``release(i, layer)``).
     """
     progress = progress or NullProgress()
     times = {"capture": 0.0, "calibrate": 0.0, "compress": 0.0, "propagate": 0.0}
@@ -125,12 +132,17 @@ def sequential_compress(
     n_layers = len(layers)
     progress.start("layers", n_layers, "layer")
     for i, layer in enumerate(layers):
+        if layer_io is not None:  # --- streaming: materialize layer i from the shards
+            layer_io.load(i, layer)
         layer.to(device)
         kw = layer_kwargs[i]
         targets = targets_of(layer)
         prefix = f"{layers_path}.{i}."
         done = (resume.load_layer(i, layer, device, storage_dtype or next(layer.parameters()).dtype)
                 if resume is not None else None)
+        if dist is not None and dist.active:  # --- distributed: rank 0's resume decision
+            dist.fault_point(i)
+            done = dist.share_resumed(layer, list(targets), done, device, f"layer {i}")
         note = f"layer {i + 1}/{n_layers}"
         if done is not None:
             records.extend(done)
@@ -138,19 +150,28 @@ def sequential_compress(
         else:
             progress.advance("layers", 0, f"{note} calibrate")
             t = time.perf_counter()
-            layer_stats = calibrate_layer(layer, targets, hidden, kw, device, want_absmean)
+            layer_stats = calibrate_layer(layer, targets, hidden, kw, device, want_absmean,
+                                          dist=dist, what=f"layer {i}")
             times["calibrate"] += time.perf_counter() - t
             progress.advance("layers", 0, f"{note} compress")
             t = time.perf_counter()
             layer_records = []
-            for rel, linear in targets.items():
-                full = prefix + rel
-                stats = with_gradients(layer_stats.pop(rel), (grad_stats or {}).get(full), device)
-                module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
-                                              device, seed, storage_dtype)
-                set_submodule(layer, rel, module)
-                layer_records.append(rec)
-                _log_numerics(rec)
+            owner = dist.assign(targets) if dist is not None and dist.active else None
+            with _guard(dist, f"the compression of layer {i}"):
+                for rel, linear in targets.items():
+                    if owner is not None and owner[rel] != dist.rank:
+                        continue  # another rank's share
+                    full = prefix + rel
+                    stats = with_gradients(layer_stats.pop(rel), (grad_stats or {}).get(full), device)
+                    module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
+                                                  device, seed, storage_dtype)
+                    set_submodule(layer, rel, module)
+                    layer_records.append(rec)
+                    _log_numerics(rec)
+            if owner is not None:  # --- distributed: every rank gets every module
+                rows = dist.share_modules(layer, owner, {r.name[len(prefix):]: r for r in layer_records},
+                                          device, f"layer {i}")
+                layer_records = [rows[rel] for rel in targets]
             times["compress"] += time.perf_counter() - t
             if resume is not None:
                 resume.save_layer(i, layer, layer_records, list(targets))
@@ -160,27 +181,42 @@ def sequential_compress(
         hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
         times["propagate"] += time.perf_counter() - t
         layer.to("cpu")
+        if layer_io is not None:  # --- streaming: write layer i, free it
+            layer_io.release(i, layer)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         progress.advance("layers", 1, note)
     progress.finish("layers")
-    model.to("cpu")
+    if layer_io is None:
+        model.to("cpu")
+    else:
+        move_all_but_layers(model, layers_path, "cpu")
     model.train(model_was_training)
     return SequentialResult(records=records, stage_seconds=times)
 
 
 def calibrate_layer(layer: nn.Module, targets: dict[str, nn.Module], hidden: list[torch.Tensor],
                     kwargs: dict[str, Any], device: torch.device,
-                    want_absmean: bool) -> dict[str, LinearStats]:
+                    want_absmean: bool, dist: Any | None = None,
+                    what: str = "a layer") -> dict[str, LinearStats]:
     """Input statistics of every target linear of one layer over the calibration inputs.
 
     The Gram is always collected: the report's output error on calibration inputs needs it.
+    With an active ``dist``, the sums are reduced over ranks before they become statistics.
     """
     with LayerStatsCollector(targets, True, want_absmean) as collector:
         for x in hidden:
             collector.new_call()
             run_layer(layer, x.to(device), kwargs)
+    if dist is not None:
+        dist.reduce_accumulators(collector.accumulators(), what)
     return collector.stats()
+
+
+def _guard(dist: Any | None, what: str):
+    """A failure on one rank stops every rank (no-op without distribution)."""
+    import contextlib
+    return dist.guard(what) if dist is not None else contextlib.nullcontext()
 
 
 def with_gradients(stats: LinearStats, grads: dict[str, torch.Tensor] | None,

@@ -83,6 +83,10 @@ class LayerStatsCollector:
                 acc.add(x)
         return hook
 
+    def accumulators(self) -> list[InputAccumulator]:
+        """The distinct input streams, in the order their first consumer ran."""
+        return [self._acc[name] for name in self._acc if self._owner[name]]
+
     def stats(self) -> dict[str, LinearStats]:
         self._seen_this_call.clear()
         return {name: acc.to_stats() for name, acc in self._acc.items()}

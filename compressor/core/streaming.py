@@ -1,0 +1,319 @@
+"""Per-layer weight streaming: compress a model larger than host memory.
+
+The model is built on the meta device (parameters only; buffers such as rotary tables are
+real). Embeddings, final norm and head are read from the safetensors shards at start; each
+decoder layer's weights are read when the sequential pass reaches it, and once compressed and
+propagated, the layer is written to its own output shard and returned to the meta device. Host
+peak ≈ embeddings + head + one layer being compressed (and its compressed copy) + calibration
+activations (nsamples × seqlen × hidden floats, twice during propagation) + the Gram matrices of
+one layer.
+
+What cannot stream, and says so: statistics from a backward pass through the whole model
+(Fisher, |grad|: FWSVD, GWQ, data-aware LQ-LoRA) unless they are loaded from a --fisher-file
+computed where the model fits; resuming (``--resume``) and evaluation of the result (run
+``svdc eval`` separately).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from compressor.errors import UserError
+
+log = logging.getLogger("svdc")
+
+
+class ShardReader:
+    """Where each tensor of a safetensors checkpoint lives; reads tensors by name or prefix.
+
+    Each read opens the shard and closes it afterwards, so no mapping of a shard stays resident.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            self.where = dict(json.loads(index.read_text())["weight_map"])
+        else:
+            single = self.folder / "model.safetensors"
+            if not single.is_file():
+                raise UserError(f"{self.folder}: streaming reads safetensors checkpoints "
+                                "(model.safetensors or an index); convert this model first")
+            with safe_open(str(single), framework="pt") as f:
+                self.where = {k: "model.safetensors" for k in f.keys()}
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        by_file: dict[str, list[str]] = {}
+        for n in names:
+            by_file.setdefault(self.where[n], []).append(n)
+        out = {}
+        for fname, keys in by_file.items():
+            with safe_open(str(self.folder / fname), framework="pt") as f:
+                for k in keys:
+                    out[k] = f.get_tensor(k).clone()   # own memory: the file mapping is closed
+        return out
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        return [k for k in self.where if k.startswith(prefix)]
+
+
+def skeleton(config: Any, dtype: torch.dtype) -> nn.Module:
+    """The model with every parameter on the meta device (no memory) and real buffers."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    return model
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor, dtype: torch.dtype) -> None:
+    from accelerate.utils import set_module_tensor_to_device
+    value = value.to(dtype) if value.is_floating_point() else value
+    set_module_tensor_to_device(model, name, "cpu", value=value)
+
+
+def materialize_outside(model: nn.Module, reader: ShardReader, layers_path: str,
+                        dtype: torch.dtype) -> None:
+    """Read every parameter outside the decoder layers (embeddings, norms, head)."""
+    prefix = layers_path + "."
+    names = [n for n, p in model.named_parameters(remove_duplicate=False)
+             if not n.startswith(prefix) and p.device.type == "meta"]
+    present = [n for n in names if n in reader.where]
+    for n, t in reader.read(present).items():
+        _set_tensor(model, n, t, dtype)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    still = [n for n, p in model.named_parameters() if not n.startswith(prefix) and p.is_meta]
+    if still:
+        raise UserError(f"the checkpoint lacks {still[:3]}: not a complete model")
+
+
+class LayerStream:
+    """The sequential pass's ``layer_io``: reads layer i before it is processed, writes the
+    compressed layer to ``out/layer-XXXXX.safetensors`` and frees it after."""
+
+    def __init__(self, model: nn.Module, reader: ShardReader, layers_path: str, out: Path,
+                 dtype: torch.dtype, storage_dtype: torch.dtype):
+        self.model, self.reader, self.layers_path = model, reader, layers_path
+        self.out, self.dtype, self.storage_dtype = out, dtype, storage_dtype
+        self.weight_map: dict[str, str] = {}
+        self.specs: dict[str, Any] = {}
+        self.total_bytes = 0
+
+    def load(self, i: int, layer: nn.Module) -> None:
+        prefix = f"{self.layers_path}.{i}."
+        tensors = self.reader.read(self.reader.with_prefix(prefix))
+        for name, t in tensors.items():
+            _set_tensor(self.model, name, t, self.dtype)
+        left = [n for n, p in layer.named_parameters() if p.is_meta]
+        if left:
+            raise UserError(f"the checkpoint lacks {prefix}{left[0]}: not a complete model")
+
+    def release(self, i: int, layer: nn.Module) -> None:
+        from compressor.parts import CompressedLinear
+        prefix = f"{self.layers_path}.{i}."
+        inside = []
+        for rel, mod in layer.named_modules():
+            if isinstance(mod, CompressedLinear):
+                self.specs[prefix + rel] = mod.spec()
+                inside.append(rel + ".")
+        tensors = {}
+        for k, t in layer.state_dict().items():
+            t = t.detach().to("cpu")
+            if t.is_floating_point() and not k.startswith(tuple(inside)):
+                t = t.to(self.storage_dtype)   # norms etc.: the storage dtype, as save_compressed
+            tensors[prefix + k] = t.contiguous()
+        fname = f"layer-{i:05d}.safetensors"
+        save_file(tensors, str(self.out / fname), metadata={"format": "pt"})
+        self.weight_map.update({k: fname for k in tensors})
+        self.total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        layer.to("meta")   # frees the layer's memory
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the resident size
+    creeps up by a few freed layers' worth)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class ShardWeights(Mapping):
+    """Target weights for a global plan() pass, read one at a time from the shards."""
+
+    def __init__(self, reader: ShardReader, names: list[str], device: torch.device):
+        self.reader, self.names, self.device = reader, names, device
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        key = name + ".weight"
+        return self.reader.read([key])[key].to(device=self.device, dtype=torch.float32)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
+                    command: str = "") -> dict[str, Any]:
+    """``api.compress`` for a model that need not fit in memory; returns the report."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from compressor import __version__
+    from compressor.accounting import totals, written_entries
+    from compressor.atomic import atomic_dir, check_output
+    from compressor.checkpoint.save import FORMAT, FORMAT_VERSION, INDEX
+    from compressor.core.gradients import GRAD_STATS
+    from compressor.core.pipeline import sequential_compress
+    from compressor.core.stages import Stage, stage_needs
+    from compressor.data import calibration_windows
+    from compressor.models import (
+        decoder_layers,
+        linear_kind,
+        resolve_device,
+        resolve_storage_dtype,
+        target_linears,
+    )
+    from compressor.models.device import checkpoint_dtype, resolve_dtype
+    from compressor.models.resolve import resolve_model
+    from compressor.runtime import machine, versions
+
+    t_start = time.perf_counter()
+    output = Path(recipe.output)
+    check_output(output, force)
+    device = resolve_device(recipe.device)
+    stages = [Stage.of(cfg) for cfg in recipe.stages]
+    needs = stage_needs(stages)
+    res = resolve_model(recipe.model)
+    if res.gguf_file:
+        raise UserError("streaming reads safetensors checkpoints; a .gguf model must be loaded whole")
+    config = AutoConfig.from_pretrained(res.path)
+    dtype = resolve_dtype(recipe.dtype, config, device)
+    own = checkpoint_dtype(config)
+    storage_dtype = resolve_storage_dtype(recipe.storage_dtype,
+                                          str(own).removeprefix("torch.") if own else None, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(res.path)
+    reader = ShardReader(res.path)
+    model = skeleton(config, dtype)
+    layers_path, layers = decoder_layers(model)
+    materialize_outside(model, reader, layers_path, dtype)
+
+    inc, exc = recipe.targets.include, recipe.targets.exclude
+    target_names = [f"{layers_path}.{i}.{rel}" for i, layer in enumerate(layers)
+                    for rel in target_linears(layer, include=inc, exclude=exc)]
+    if not target_names:
+        raise UserError(f"no linear layers matched the target patterns include={inc} exclude={exc}")
+    shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in target_names}
+    elt = torch.empty((), dtype=dtype).element_size()
+    before_targets = (sum(a * b for a, b in shapes.values()),
+                      sum(a * b for a, b in shapes.values()) * elt)
+    seen, n_all = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n_all += p.numel()
+    before_model = (n_all, n_all * elt)
+
+    cal = recipe.calibration
+    seqlen = min(cal.seqlen, getattr(config, "max_position_embeddings", cal.seqlen) or cal.seqlen)
+    windows = calibration_windows(tokenizer, cal.dataset, cal.nsamples, seqlen, cal.seed)
+
+    grad_stats = None
+    want = set(needs & GRAD_STATS)
+    if want:
+        grad_stats = _streamed_gradients(recipe, windows, shapes, want, stages)
+
+    weights = ShardWeights(reader, target_names, device)
+    fisher = ({n: g["fisher"] for n, g in grad_stats.items() if "fisher" in g} if grad_stats else None)
+    for st in stages:
+        st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=storage_dtype) or {}
+
+    with atomic_dir(output, force) as tmp:
+        stream = LayerStream(model, reader, layers_path, tmp, dtype, storage_dtype)
+        result = sequential_compress(
+            model, layers_path, layers,
+            targets_of=lambda layer: target_linears(layer, include=inc, exclude=exc),
+            kind_of=linear_kind, windows=windows, stages=stages, needs=needs, device=device,
+            seed=cal.seed, grad_stats=grad_stats, progress=progress, resume=None,
+            storage_dtype=storage_dtype, layer_io=stream)
+        # everything outside the layers, tied weights once
+        prefix = layers_path + "."
+        rest, aliases, seen_ptr = {}, {}, {}
+        for k, t in model.state_dict().items():
+            if k.startswith(prefix):
+                continue
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            if key in seen_ptr:
+                aliases[k] = seen_ptr[key]
+                continue
+            seen_ptr[key] = k
+            rest[k] = (t.detach().to(storage_dtype) if t.is_floating_point() else t).contiguous()
+        persistent = set(_persistent_keys(model))
+        rest = {k: v for k, v in rest.items() if k in persistent}
+        save_file(rest, str(tmp / "model-outside.safetensors"), metadata={"format": "pt"})
+        weight_map = {**stream.weight_map, **{k: "model-outside.safetensors" for k in rest}}
+        total = stream.total_bytes + sum(t.numel() * t.element_size() for t in rest.values())
+        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                             "weight_map": weight_map}, indent=1))
+        cfg = config.to_dict()
+        cfg["dtype"] = str(storage_dtype).removeprefix("torch.")
+        cfg.pop("torch_dtype", None)
+        cfg["compression_config"] = {"format": FORMAT, "version": FORMAT_VERSION,
+                                     "dtype": str(storage_dtype).removeprefix("torch."),
+                                     "modules": stream.specs, "tied_aliases": aliases,
+                                     "streamed": True}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+        tokenizer.save_pretrained(tmp)
+        from compressor.recipe import dump_recipe
+        (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+        report = {"svdc_version": __version__, "command": command, "streamed": True,
+                  "recipe": recipe.model_dump(mode="json"), "device": str(device),
+                  "dtype": str(dtype).removeprefix("torch."),
+                  "storage_dtype": str(storage_dtype).removeprefix("torch."),
+                  "calibration": {"dataset": cal.dataset, "nsamples": int(windows.shape[0]),
+                                  "seqlen": int(windows.shape[1]), "seed": cal.seed},
+                  "modules": [r.to_dict() for r in result.records],
+                  "totals": totals(written_entries(tmp), target_names, before_targets, before_model),
+                  "stage_seconds": {**{f"layers.{k}": v for k, v in result.stage_seconds.items()},
+                                    "total": time.perf_counter() - t_start},
+                  "versions": versions(), "machine": machine(device)}
+        (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def _persistent_keys(model: nn.Module) -> list[str]:
+    """state_dict keys (non-persistent buffers such as rotary tables are not in it)."""
+    return list(model.state_dict().keys())
+
+
+def _streamed_gradients(recipe: Any, windows: torch.Tensor, shapes: dict[str, tuple[int, int]],
+                        want: set[str], stages: list[Any]) -> dict[str, dict[str, torch.Tensor]]:
+    from compressor.core.gradient_file import gradient_fingerprint, load_gradient_stats
+    g = recipe.gradients
+    names = ", ".join(s.name for s in stages)
+    if not (g.fisher_file and Path(g.fisher_file).is_file()):
+        raise UserError(
+            f"{names} needs gradient statistics ({', '.join(sorted(want))}) from a backward pass "
+            "through the whole model, which --stream does not hold in memory; compute them once "
+            "where the model fits (svdc compress MODEL ... --fisher-file F, same calibration "
+            "flags) and pass --fisher-file F with --stream")
+    n = min(g.nsamples or windows.shape[0], windows.shape[0])
+    fp = gradient_fingerprint(windows[:n], shapes)
+    stats, _ = load_gradient_stats(g.fisher_file, expected_names=shapes,
+                                   expected_meta={"fingerprint": fp})
+    return stats

@@ -1,0 +1,237 @@
+"""Data-parallel compression on gloo (2 CPU ranks) matches a 1-process run; a dead rank ends
+the run with one line and --resume finishes it.
+
+Tolerance. Ranks sum their Gram / |x| / Fisher partial sums in float64 and store them in
+float32, where a 1-process run adds window after window in float32: the statistics differ by a
+few float32 ulps (relative ~1e-7). Everything downstream (factorizations, propagation) is then
+the same code on the same inputs. So low-rank weights must agree to 1e-4 relative (max abs
+difference over max |W|), and a GPTQ weight may differ only where a rounding tie flipped: at
+most 0.5% of codes, each by one quantization step. Perplexity: within 0.1%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import compressor
+from compressor.api import compress
+from compressor.cli.launch import strip_nproc
+from compressor.core.distributed import Distributed, _pack, _unpack
+from compressor.parts import CompressedLinear
+from compressor.recipe import parse_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+METHODS = {
+    "whitened-svd": [{"method": "whitened-svd", "ratio": 0.3}],
+    "gptq": [{"method": "gptq", "bits": 4, "group_size": 32}],
+    "fwsvd": [{"method": "fwsvd", "ratio": 0.3}],
+}
+
+
+def _data(model_dir: Path, out: Path, stages) -> dict:
+    return {"model": str(model_dir), "stages": stages, "output": str(out),
+            "calibration": {"dataset": "builtin", "nsamples": 4, "seqlen": 64, "seed": 0},
+            "eval": {"datasets": ["builtin"], "seqlen": 64, "max_windows": 4}}
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SVDC_FAULT_KILL"):
+        if k not in extra:
+            env.pop(k, None)
+    return env
+
+
+def _free_port() -> int:
+    from compressor.cli.launch import _free_port
+    return _free_port()
+
+
+def _run_ranks(recipes: list, world: int = 2, timeout: float = 900) -> list[subprocess.CompletedProcess]:
+    port = str(_free_port())
+    procs = [subprocess.Popen([PY, str(Path(__file__).with_name("_dist_worker.py")), json.dumps(recipes)],
+                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(world)]
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=timeout)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, ""))
+    return out
+
+
+# ------------------------------------------------------------------------------ unit tests
+def test_assign_largest_first_to_least_loaded():
+    from torch import nn
+    d = Distributed(rank=0, world=2)
+    targets = {"q": nn.Linear(64, 64), "k": nn.Linear(64, 32), "v": nn.Linear(64, 32),
+               "o": nn.Linear(64, 64), "up": nn.Linear(64, 96), "down": nn.Linear(96, 64)}
+    owner = d.assign(targets)
+    # up (6144) -> 0, down (6144) -> 1, q (4096) -> 0, o (4096) -> 1, k -> 0, v -> 1
+    assert owner == {"up": 0, "down": 1, "q": 0, "o": 1, "k": 0, "v": 1}
+    assert Distributed(rank=0, world=3).assign(targets) == {"up": 0, "down": 1, "q": 2, "o": 2,
+                                                            "k": 0, "v": 1}
+
+
+def test_pack_unpack_is_bit_exact_for_every_dtype():
+    from torch import nn
+
+    from compressor.core.pipeline import compress_linear
+    from compressor.core.stages import Stage
+    from compressor.core.types import LinearStats
+    from compressor.recipe import parse_recipe
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 24)
+    x = torch.randn(200, 40)
+    stats = LinearStats(ntokens=200, gram=x.T @ x)
+    recipe = parse_recipe({"model": "x", "output": "y", "stages": [
+        {"method": "gptq", "bits": 3, "group_size": 16}, {"method": "eora", "rank": 4}]})
+    stages = [Stage.of(c) for c in recipe.stages]
+    mod, rec = compress_linear("l.0.q", 0, "q", lin, stats, stages, torch.device("cpu"), 0,
+                               torch.bfloat16)
+    layer = nn.Module()
+    layer.q = mod
+    meta, buf = _pack(layer, ["q"], {"q": rec.to_dict()}, torch.device("cpu"))
+    [(rel, back)] = _unpack(meta, buf)
+    assert rel == "q" and isinstance(back, CompressedLinear)
+    a, b = mod.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and len({t.dtype for t in a.values()}) >= 3
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    assert torch.equal(mod.dense_weight(), back.dense_weight())
+
+
+def test_strip_nproc():
+    assert strip_nproc(["-v", "compress", "m", "--nproc", "2", "-o", "x"]) == ["-v", "compress", "m", "-o", "x"]
+    assert strip_nproc(["compress", "--nproc=4", "m"]) == ["compress", "m"]
+
+
+def test_shard_needs_a_window_per_rank():
+    from compressor.errors import UserError
+    w = torch.arange(10).reshape(5, 2)
+    parts = [Distributed(rank=r, world=2).shard(w) for r in range(2)]
+    assert torch.equal(torch.cat(parts), w) and parts[0].shape[0] == 3
+    with pytest.raises(UserError, match="raise --nsamples"):
+        Distributed(rank=0, world=8).shard(w)
+
+
+# ------------------------------------------------------------------------------ 2 gloo ranks
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """Each method compressed by 1 process (here) and by 2 gloo ranks (subprocesses)."""
+    root = tmp_path_factory.mktemp("dist")
+    one = {m: compress(parse_recipe(_data(tiny_model_dir, root / f"{m}-1", st))).output
+           for m, st in METHODS.items()}
+    recipes = [_data(tiny_model_dir, root / f"{m}-2", st) for m, st in METHODS.items()]
+    res = _run_ranks(recipes)
+    for r, p in enumerate(res):
+        assert p.returncode == 0, f"rank {r}:\n{p.stdout[-3000:]}"
+    return {m: (one[m], root / f"{m}-2") for m in METHODS}
+
+
+def _compare(a_dir: Path, b_dir: Path, method: str) -> dict:
+    a, b = compressor.load(a_dir), compressor.load(b_dir)
+    mods_a = dict(a.named_modules())
+    mods_b = dict(b.named_modules())
+    n_compressed = 0
+    worst = 0.0
+    flipped = total = 0
+    for name, ma in mods_a.items():
+        mb = mods_b[name]
+        if isinstance(ma, CompressedLinear):
+            n_compressed += 1
+            assert isinstance(mb, CompressedLinear) and ma.spec() == mb.spec(), name
+            wa, wb = ma.dense_weight(), mb.dense_weight()
+            if method == "gptq":
+                step = (wa - wb).abs()
+                diff = step > 1e-6 * wa.abs().max()
+                flipped += int(diff.sum())
+                total += wa.numel()
+                # a flipped code moves by one step: scale = group range / 15 for 4 bits
+                assert float(step.max()) <= float(wa.abs().max()) * 2 / 15 + 1e-6, name
+            else:
+                rel = float((wa - wb).abs().max() / wa.abs().max())
+                worst = max(worst, rel)
+                assert rel < 1e-4, f"{name}: {rel:.2e}"
+    assert n_compressed == 14
+    # untouched tensors (embeddings, norms) are bit-identical
+    sa, sb = a.state_dict(), b.state_dict()
+    for k, v in sa.items():
+        if ".parts." not in k:
+            assert torch.equal(v, sb[k]), k
+    if method == "gptq":
+        assert flipped <= 0.005 * total, f"{flipped}/{total} GPTQ weights differ"
+    return {"worst_rel": worst, "flipped": flipped}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_two_ranks_match_one_process(runs, method):
+    one, two = runs[method]
+    _compare(one, two, method)
+    ra = json.loads((one / "report.json").read_text())
+    rb = json.loads((two / "report.json").read_text())
+    assert rb["distributed"] == {"world_size": 2, "backend": "gloo", "timeout_s": 1800.0}
+    assert ra["distributed"] is None
+    assert [m["name"] for m in ra["modules"]] == [m["name"] for m in rb["modules"]]
+    assert [m["params_after"] for m in ra["modules"]] == [m["params_after"] for m in rb["modules"]]
+    assert ra["totals"] == rb["totals"]
+    pa, pb = ra["eval"][0]["ppl"], rb["eval"][0]["ppl"]
+    assert abs(pa - pb) / pa < 1e-3, (pa, pb)
+    if method == "fwsvd":
+        assert rb["gradients"]["nsamples"] == 4 and rb["gradients"]["nsamples_per_rank"] == 2
+    assert not list(two.parent.glob(f".{two.name}.resume")), "resume folder left behind"
+
+
+def test_ranks_disagreeing_on_the_recipe_stop_in_one_line(tiny_model_dir, tmp_path):
+    a = _data(tiny_model_dir, tmp_path / "x", [{"method": "whitened-svd", "ratio": 0.3}])
+    b = _data(tiny_model_dir, tmp_path / "x", [{"method": "whitened-svd", "ratio": 0.4}])
+    res = _run_ranks([[a, b]], timeout=300)
+    for r, p in enumerate(res):
+        assert p.returncode == 2, p.stdout[-2000:]
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith(f"rank {r}:")]
+        assert line and "ranks disagree on the recipe" in line[0], p.stdout[-2000:]
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------ CLI, kill, resume
+def _cli(args: list[str], **env) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "compressor", *args], env=_env(**env), capture_output=True,
+                          text=True, timeout=900, cwd=str(ROOT))
+
+
+def test_killed_rank_is_one_line_and_resume_finishes(tiny_model_dir, tmp_path, runs):
+    out = tmp_path / "wsvd"
+    args = ["compress", str(tiny_model_dir), "--method", "whitened-svd", "--ratio", "0.3",
+            "--calib", "builtin", "--nsamples", "4", "--seqlen", "64", "--seed", "0",
+            "--eval", "builtin", "--eval-windows", "4", "-o", str(out), "--nproc", "2"]
+    # rank 1 SIGKILLs itself on reaching layer 1, after layer 0 is checkpointed
+    bad = _cli(args, SVDC_FAULT_KILL="1:1", COLUMNS="400")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    errors = [ln for ln in (bad.stdout + bad.stderr).splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1, bad.stdout + bad.stderr
+    assert "rank 1 of 2 died (killed by SIGKILL)" in errors[0] and "--resume" in errors[0]
+    assert not out.exists()
+    resume_dir = tmp_path / ".wsvd.resume"
+    assert (resume_dir / "layer_0000.json").is_file()
+    assert not (resume_dir / "layer_0001.json").exists()
+
+    ok = _cli(args + ["--resume"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["resumed_layers"] == 1 and rep["distributed"]["world_size"] == 2
+    assert not resume_dir.exists()
+    # the finished output is the 1-process run's
+    one, _ = runs["whitened-svd"]
+    _compare(one, out, "whitened-svd")
+    ra = json.loads((one / "report.json").read_text())
+    assert abs(ra["eval"][0]["ppl"] - rep["eval"][0]["ppl"]) / ra["eval"][0]["ppl"] < 1e-3
