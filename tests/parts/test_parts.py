@@ -165,7 +165,7 @@ def test_rtn_config_rejects_bad_values() -> None:
 
 def test_gptq_method() -> None:
     w, g = _randn(16, 64), _gram(64)
-    m, c = _method("gptq", bits=3, group_size=32, act_order=True)
+    m, c = _method("gptq", bits=3, group_size=32, act_order=True, mse_grid=0)
     assert m.needs == {"gram"}
     res = m.compress(_target(w, g), c)
     q, info = gptq_quantize(w, g, 3, 32, act_order=True)

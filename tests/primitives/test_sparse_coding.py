@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compressor.primitives.ksvd import ksvd
 from compressor.primitives.sparse_coding import (
     batch_omp,
     dense_codes,
-    ksvd,
     ls_on_support,
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from compressor.core.method import Method, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
-from compressor.methods.gptq.solver import gptq_quantize
+from compressor.methods.gptq.solver import GPTQHessian, gptq_quantize, prepare_hessian
 from compressor.parts.base import CompressedLinear
 from compressor.parts.quantized import UniformQuantPart
 
@@ -19,14 +19,40 @@ class GPTQ(Method):
     Config = GPTQConfig
     needs = frozenset({"gram"})
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Linears fed the same input (q/k/v, gate/up) get the same Gram tensor object from
+        # the stats collector, one after the other: factor it once. Holding the tensor keeps
+        # its storage alive, so identity (plus its version counter) is a safe key.
+        self._cache: tuple | None = None
+
+    def _hessian(self, gram, cfg: GPTQConfig, device) -> GPTQHessian:
+        key = (cfg.percdamp, cfg.act_order, cfg.max_retries, str(device), gram._version)
+        if self._cache is not None and self._cache[0] is gram and self._cache[1] == key:
+            return self._cache[2]
+        h = prepare_hessian(gram, cfg.percdamp, cfg.act_order, cfg.max_retries, device)
+        self._cache = (gram, key, h)
+        return h
+
     def compress(self, target: Target, cfg: GPTQConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
         gram = require_stat(target, "gram")
-        q, qinfo = gptq_quantize(target.weight, gram, cfg.bits, cfg.group_size, cfg.sym,
+        in_f = target.weight.shape[1]
+        if tuple(gram.shape) != (in_f, in_f):
+            raise ValueError(f"GPTQ: gram must be a finite ({in_f}, {in_f}) matrix, got "
+                            f"{tuple(gram.shape)}; recollect calibration statistics.")
+        hessian = self._hessian(gram, cfg, target.weight.device)
+        q, qinfo = gptq_quantize(target.weight, None, cfg.bits, cfg.group_size, cfg.sym,
                                  cfg.percdamp, cfg.blocksize, cfg.act_order,
-                                 static_groups=cfg.static_groups)
+                                 max_retries=cfg.max_retries,
+                                 static_groups=cfg.static_groups, grid=cfg.grid,
+                                 mse_grid=cfg.mse_grid, mse_maxshrink=cfg.mse_maxshrink,
+                                 mse_norm=cfg.mse_norm, mse_weighted=cfg.mse_weighted,
+                                 hessian=hessian)
         out_f, in_f = target.weight.shape
         module = CompressedLinear(out_f, in_f, [UniformQuantPart.from_quant(q)], target.bias)
         return Compressed(module, {"bits": cfg.bits, "group_size": cfg.group_size,
                                    "sym": cfg.sym, "act_order": cfg.act_order,
-                                   "static_groups": cfg.static_groups, **qinfo})
+                                   "static_groups": cfg.static_groups or cfg.act_order,
+                                   "grid": cfg.grid, "mse_grid": cfg.mse_grid,
+                                   "mse_weighted": cfg.mse_weighted, **qinfo})

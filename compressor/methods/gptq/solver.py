@@ -1,6 +1,12 @@
-"""GPTQ's solver: column-by-column quantization with second-order error feedback (pure math)."""
+"""GPTQ's solver: column-by-column quantization with second-order error feedback (pure math).
+
+prepare_hessian damps and factors a Gram once (linears fed the same input share it);
+gptq_quantize runs the OBS updates in lazy blocks with the chosen grid.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -8,57 +14,59 @@ from torch import Tensor
 from compressor.primitives.grids import (
     UniformQ,
     check_bits,
+    group_grid,
     group_index,
     group_len,
     n_groups,
-    quantize_rtn,
-    round_codes,
     scale_zero,
 )
 
+GPTQ_GRIDS = ("exact", "block-lazy")
 
-def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym: bool = False,
-                  percdamp: float = 0.01, blocksize: int = 128, act_order: bool = False,
-                  mask: Tensor | None = None, max_retries: int = 4,
-                  static_groups: bool = False) -> tuple[UniformQ, dict]:
-    """GPTQ (Frantar et al. 2022): quantize columns one by one, pushing each column's error
-    onto the not-yet-quantized columns through the inverse Hessian H = gram + damp·I.
 
-    Groups are computed on the current (updated) weights when a group starts (the paper);
-    with ``static_groups`` they are computed once from the original weights (what
-    llm-compressor does); ``act_order`` (columns by descending diag(H)) implies static
-    groups, in the original column order, so every group stays a contiguous range.
-    Dead columns (zero diagonal) are quantized plainly and propagate nothing. ``mask``
-    entries are kept exactly (zero error, nothing propagated); see ``UniformQ.outliers``.
+@dataclass
+class GPTQHessian:
+    """What GPTQ needs from a Gram matrix, independent of the weight: the upper Cholesky
+    factor of (H + damp·I)^-1 (float32, columns in processing order) and the act-order
+    permutation. Linears fed the same input (q/k/v, gate/up) share one: ``prepare_hessian``
+    once, ``gptq_quantize(..., hessian=h)`` for each."""
+
+    hinv: Tensor              # (in, in) float32 upper triangular
+    perm: Tensor | None       # act-order column order (None: natural order)
+    dead: Tensor              # (in,) bool, zero diagonal in the Gram
+    diag: Tensor              # (in,) float32 Gram diagonal, original column order
+    damp: float
+    percdamp: float
+    retries: int
+
+
+def prepare_hessian(gram: Tensor, percdamp: float = 0.01, act_order: bool = False,
+                    max_retries: int = 4, device: torch.device | None = None) -> GPTQHessian:
+    """Damp H = gram + damp·I (damp = percdamp · mean diag, ×10 per failed Cholesky, at most
+    ``max_retries`` times), invert through Cholesky in float64, return the upper factor.
+
+    Scaling ``gram`` by any c > 0 (per-token vs per-sequence normalization, the factor 2 of
+    the squared loss) changes nothing downstream: damping is relative to the diagonal and
+    GPTQ uses only ratios of Hinv entries.
     """
-    check_bits(bits)
-    W = w.detach().float().clone()
-    out_f, in_f = W.shape
-    maxq = 2 ** bits - 1
-    H = gram.detach().to(device=W.device, dtype=torch.float64).clone()
-    if H.shape != (in_f, in_f) or not bool(torch.isfinite(H).all()):
-        raise ValueError(f"GPTQ: gram must be a finite ({in_f}, {in_f}) matrix, got "
-                        f"{tuple(H.shape)}; recollect calibration statistics.")
+    H = gram.detach().to(device=device if device is not None else gram.device,
+                         dtype=torch.float64).clone()
+    in_f = H.shape[0]
+    if H.ndim != 2 or H.shape[1] != in_f or not bool(torch.isfinite(H).all()):
+        raise ValueError(f"GPTQ: gram must be a finite square matrix, got {tuple(H.shape)}; "
+                        "recollect calibration statistics.")
     diag = torch.diagonal(H)
     dead = diag == 0
     diag[dead] = 1.0                     # no coupling: Hinv row of a dead column is e_j
-    excl = torch.zeros_like(W, dtype=torch.bool) if mask is None else mask.to(torch.bool).clone()
-    gl = group_len(in_f, group_size)
-    gidx = group_index(in_f, group_size, W.device)
-    scale = W.new_ones(out_f, n_groups(in_f, group_size))
-    zero = W.new_zeros(out_f, scale.shape[1])
-    static_groups = static_groups or act_order
-    if static_groups:   # before any permutation or update
-        static = quantize_rtn(W, bits, group_size, sym, excl)
-        scale, zero = static.scale, static.zero
+    perm = None
     if act_order:
-        perm = torch.argsort(torch.diagonal(H), descending=True)
-        W, H, excl, gidx = W[:, perm], H[perm][:, perm], excl[:, perm], gidx[perm]
-    cgroup = gidx.tolist()              # group of each (processed) column, host-side
+        perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+        H = H[perm][:, perm]
     base = torch.diagonal(H).mean().clamp(min=1e-8)   # a gram's diagonal is >= 0
     damp, retries = percdamp * base, 0
+    eye = torch.eye(in_f, dtype=H.dtype, device=H.device)
     while True:      # H^-1 through Cholesky, upper factor as in the paper
-        L, err = torch.linalg.cholesky_ex(H + damp * torch.eye(in_f, dtype=H.dtype, device=H.device))
+        L, err = torch.linalg.cholesky_ex(H + damp * eye)
         if int(err) == 0:
             Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
             if bool(torch.isfinite(Hinv).all()):
@@ -67,33 +75,120 @@ def gptq_quantize(w: Tensor, gram: Tensor, bits: int, group_size: int = 128, sym
             raise ValueError(f"GPTQ: Hessian not positive definite even with damping {float(damp):.3g}; "
                             "raise percdamp or use more calibration data.")
         damp, retries = damp * 10, retries + 1
-    Hinv = Hinv.float()
-    codes = torch.zeros_like(W)
-    kept = torch.zeros_like(W)
+    return GPTQHessian(Hinv.float(), perm, dead, gram.diagonal().detach().float().clone().to(H.device),
+                       float(damp), percdamp, retries)
+
+
+def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 128,
+                  sym: bool = False, percdamp: float = 0.01, blocksize: int = 128,
+                  act_order: bool = False, mask: Tensor | None = None, max_retries: int = 4,
+                  static_groups: bool = False, grid: str = "exact", mse_grid: int = 0,
+                  mse_maxshrink: float = 0.8, mse_norm: float = 2.4, mse_weighted: bool = False,
+                  hessian: GPTQHessian | None = None) -> tuple[UniformQ, dict]:
+    """GPTQ (Frantar et al. 2022): quantize columns one by one, pushing each column's error
+    onto the not-yet-quantized columns through the inverse Hessian H = gram + damp·I.
+
+    Where each group's grid (scale, zero) comes from:
+
+    * ``static_groups``: once, from the original weights, before any update (llm-compressor's
+      memoryless min-max observer; IST-DASLab/gptq ``--static-groups``);
+    * otherwise when the group's first column is reached, from the updated weights: with
+      ``grid="exact"`` the weights as they are at that moment (every earlier column's update
+      applied, including the pending in-block ones); with ``grid="block-lazy"`` the
+      lazily-updated W the reference implementation reads (updates of earlier *blocks* only:
+      at a group boundary inside a block it does not see the in-block working copy).
+
+    ``mse_grid`` > 0 searches each group's range (see ``scale_zero``) instead of plain
+    min/max; ``mse_weighted`` weights each column's error there by the Gram diagonal (the
+    column's input energy: the diagonal approximation of the output error). ``act_order`` (columns by descending diag(H)) implies static groups in the
+    original column order, so every group stays a contiguous range. ``hessian`` (from
+    ``prepare_hessian`` with the same percdamp / act_order) skips the factorization, for
+    linears that share an input. Dead columns (zero diagonal) are quantized plainly and
+    propagate nothing. ``mask`` entries are kept exactly (zero error, nothing propagated);
+    see ``UniformQ.outliers``.
+    """
+    check_bits(bits)
+    if grid not in GPTQ_GRIDS:
+        raise ValueError(f"GPTQ grid={grid!r}: use one of {', '.join(GPTQ_GRIDS)}.")
+    W = w.detach().float().clone()
+    out_f, in_f = W.shape
+    maxq = 2 ** bits - 1
+    if hessian is None:
+        if gram is None or tuple(gram.shape) != (in_f, in_f):
+            raise ValueError(f"GPTQ: gram must be a finite ({in_f}, {in_f}) matrix, got "
+                            f"{None if gram is None else tuple(gram.shape)}; recollect "
+                            "calibration statistics.")
+        hessian = prepare_hessian(gram, percdamp, act_order, max_retries, W.device)
+    elif (hessian.perm is not None) != act_order or hessian.hinv.shape != (in_f, in_f) \
+            or hessian.percdamp != percdamp:
+        raise ValueError("gptq_quantize: the prepared hessian does not match this call "
+                         "(act_order, percdamp or width)")
+    Hinv = hessian.hinv.to(W.device)
+    has_mask = mask is not None
+    excl = mask.to(torch.bool).clone() if has_mask else None
+    gl = group_len(in_f, group_size)
+    gidx = group_index(in_f, group_size, W.device)
+    mse = (mse_grid, mse_maxshrink, mse_norm)
+    hdiag = hessian.diag.to(W.device) if mse_weighted and mse_grid > 0 else None
+    static_groups = static_groups or act_order
+    if static_groups:   # before any permutation or update
+        scale, zero = group_grid(W, bits, group_size, sym, excl, *mse, hdiag)
+    else:
+        scale = W.new_ones(out_f, n_groups(in_f, group_size))
+        zero = W.new_zeros(out_f, scale.shape[1])
+    perm = hessian.perm
+    if perm is not None:
+        perm = perm.to(W.device)
+        W, gidx = W[:, perm], gidx[perm]
+        if has_mask:
+            excl = excl[:, perm]
+    codes = torch.empty_like(W)
+    kept = torch.zeros_like(W) if has_mask else None
+    lazy = grid == "block-lazy"
     for i1 in range(0, in_f, blocksize):
         i2 = min(i1 + blocksize, in_f)
-        W1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros_like(W[:, i1:i2]), Hinv[i1:i2, i1:i2]
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.empty_like(W1)
+        C1 = torch.empty_like(W1)
+        # per-column grid of this block; a dynamic group's entries are (re)written when the
+        # group starts, those of a group that started in an earlier block are already set
+        S1, Z1 = scale[:, gidx[i1:i2]], zero[:, gidx[i1:i2]]
         for i in range(i2 - i1):
             col = i1 + i
-            if not static_groups and col % gl == 0:   # a group starts: grid from current weights
+            if not static_groups and col % gl == 0:   # a group starts: grid from updated weights
                 gend = min(col + gl, in_f)
-                ahead = W[:, i2:gend] - Err1[:, :i] @ Hinv[i1:col, i2:gend]   # pending lazy update
-                g = torch.cat([W1[:, i:], ahead], 1)[:, :gend - col]
-                s, z = scale_zero(g, bits, sym, excl[:, col:gend])
+                if lazy:    # the reference reads W: earlier blocks' updates only
+                    g = W[:, col:gend]
+                else:       # exact: this block's pending updates applied, and past the block
+                    ahead = W[:, i2:gend] - Err1[:, :i] @ Hinv[i1:col, i2:gend]
+                    g = torch.cat([W1[:, i:], ahead], 1)[:, :gend - col]
+                s, z = scale_zero(g, bits, sym, None if excl is None else excl[:, col:gend], *mse,
+                                   None if hdiag is None else hdiag[col:gend])
                 scale[:, col // gl], zero[:, col // gl] = s, z
-            x, m, s, z = W1[:, i], excl[:, col], scale[:, cgroup[col]], zero[:, cgroup[col]]
-            c = torch.where(m, z, round_codes(x, s, z, maxq))
-            qx = torch.where(m, x, (c - z) * s)                 # masked: kept exactly
-            codes[:, col], kept[:, col] = c, torch.where(m, x, torch.zeros_like(x))
-            e = (x - qx) / Hinv1[i, i]
-            W1[:, i:] -= e[:, None] * Hinv1[i, i:][None, :]
+                j = min(gend, i2) - i1
+                S1[:, i:j], Z1[:, i:j] = s[:, None], z[:, None]
+            x, s, z = W1[:, i], S1[:, i], Z1[:, i]
+            c = torch.round(x / s).add_(z).clamp_(0, maxq)
+            if has_mask:
+                m = excl[:, col]
+                c = torch.where(m, z, c)
+                qx = torch.where(m, x, (c - z) * s)             # masked: kept exactly
+                kept[:, col] = torch.where(m, x, torch.zeros_like(x))
+            else:
+                qx = (c - z).mul_(s)
+            C1[:, i] = c
+            e = (x - qx).div_(Hinv1[i, i])
             Err1[:, i] = e
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    if act_order:
+            W1[:, i:].addr_(e, Hinv1[i, i:], alpha=-1)
+        codes[:, i1:i2] = C1
+        if i2 < in_f:
+            W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)
+    if perm is not None:
         inv = torch.argsort(perm)
-        codes, kept = codes[:, inv], kept[:, inv]
-    info = {"damp": float(damp), "percdamp": percdamp, "retries": retries,
-            "dead_columns": int(dead.sum())}
-    q = UniformQ(codes.to(torch.uint8), scale, zero, bits, group_size, sym,
-                 kept if mask is not None else None)
+        codes = codes[:, inv]
+        if kept is not None:
+            kept = kept[:, inv]
+    info = {"damp": hessian.damp, "percdamp": percdamp, "retries": hessian.retries,
+            "dead_columns": int(hessian.dead.sum())}
+    q = UniformQ(codes.to(torch.uint8), scale, zero, bits, group_size, sym, kept)
     return q, info
