@@ -24,6 +24,7 @@ from compressor.core.pipeline import sequential_compress
 from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
 from compressor.core.stages import Stage, stage_needs
 from compressor.errors import UserError
+from compressor.heal.stage import HealJob, split_post_stages
 from compressor.models import resolve_storage_dtype
 from compressor.progress import NullProgress, ProgressSink
 from compressor.recipe import Recipe, dump_recipe
@@ -64,6 +65,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         torch.cuda.reset_peak_memory_stats(device)
     timer = StageTimer()
     stages = [Stage.of(cfg) for cfg in recipe.stages]
+    stages, post_stages = split_post_stages(stages)   # heal: runs after the sequential pass
     needs = stage_needs(stages)
     if stages[0].method.uses_previous:
         raise UserError(f"{stages[0].name} compensates an earlier stage; put a base stage before it "
@@ -107,6 +109,13 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
     recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}), sort_keys=True)
     ckpt = LayerCheckpoints(resume_dir_for(output),
                             fingerprint(minfo_d, windows, recipe_json, __version__), resume)
+    # --- heal (post stage): windows + teacher cache from the model before it is compressed ---
+    heal_job = None
+    if post_stages:
+        with timer("heal_prepare"):
+            heal_job = HealJob.prepare(post_stages[0].cfg, model, tokenizer, windows, cal.dataset,
+                                       cal.seed, device, ckpt.folder, resume, progress)
+    # --- end heal ---
     with timer("layers"):
         result = sequential_compress(
             model, layers_path, layers,
@@ -116,6 +125,17 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
             storage_dtype=storage_dtype)
         round_uncompressed(model, storage_dtype)   # evaluate what the file holds
     timer.seconds.update({f"layers.{k}": v for k, v in result.stage_seconds.items()})
+    # --- heal: perplexity before (when the recipe evaluates), then train the factors ---
+    heal_report = None
+    if heal_job is not None:
+        eval_before = None
+        if recipe.eval and heal_job.cfg.steps > 0:
+            with timer("eval_before_heal"):
+                eval_before = evaluate_all(model, tokenizer, recipe, seqlen, device, progress)
+        with timer("heal"):
+            heal_report = heal_job.run(model, device, cal.seed, ckpt.folder, resume, progress)
+        heal_report["eval_before"] = eval_before
+    # --- end heal ---
 
     report: dict[str, Any] = {
         "svdc_version": __version__, "command": command, "recipe": recipe.model_dump(mode="json"),
@@ -124,7 +144,7 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         "storage_dtype": str(storage_dtype).removeprefix("torch."),
         "calibration": {"dataset": cal.dataset, "nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
                         "seed": cal.seed},
-        "gradients": grad_info, "resumed_layers": ckpt.resumed_layers,
+        "gradients": grad_info, "resumed_layers": ckpt.resumed_layers, "heal": heal_report,
         "modules": [r.to_dict() for r in result.records],
         "versions": versions(), "machine": machine(device)}
     with atomic_dir(output, force) as tmp:

@@ -19,6 +19,7 @@ from compressor.recipe import (
     read_recipe_data,
     route_flags,
     stages_from_flags,
+    with_heal,
 )
 
 from .app import app
@@ -89,6 +90,9 @@ def compress(
     eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="score only this many windows (partial)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
+    heal_steps: Optional[int] = typer.Option(None, "--heal-steps", help=(
+        "after compressing, train the low-rank factors this many steps (appends a heal stage; "
+        "`svdc methods heal` lists its options, set them with --set, e.g. --set lr=5e-5)")),
 ) -> None:
     """Compress MODEL with one method (from flags) or a recipe's stages."""
     params = {"bits": bits, "rank": rank, "ratio": ratio, "group_size": group_size,
@@ -97,7 +101,7 @@ def compress(
               "atoms_per_column": atoms_per_column, "allocation": allocation, **parse_set(set_)}
     if bits is not None and float(bits).is_integer():
         params["bits"] = int(bits)
-    data = _stages_data(method, recipe, base, params)
+    data = _stages_data(method, recipe, base, params, heal_steps)
     data["model"] = model
     cal = data.setdefault("calibration", {})
     for k, v in (("dataset", calib), ("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed)):
@@ -120,7 +124,7 @@ def compress(
 
 
 def _stages_data(method: str | None, recipe: Path | None, base: str | None,
-                 params: dict[str, Any]) -> dict[str, Any]:
+                 params: dict[str, Any], heal_steps: int | None = None) -> dict[str, Any]:
     """The raw recipe mapping the flags stand for: a recipe file's, or one built from
     --method; either way every stage flag routed by the one router (validated later, once)."""
     if recipe is not None:
@@ -132,11 +136,12 @@ def _stages_data(method: str | None, recipe: Path | None, base: str | None,
         data = read_recipe_data(recipe)
         stages = data.get("stages")
         if isinstance(stages, list) and stages and all(isinstance(s, dict) for s in stages):
+            with_heal(stages, heal_steps)
             route_flags(stages, params, f"any stage of {recipe}")
         return data
     if method is None:
         raise UserError("pass --method (see `svdc methods`) or --recipe")
-    return {"stages": stages_from_flags(method, base, params)}
+    return {"stages": stages_from_flags(method, base, params, heal_steps)}
 
 
 @app.command()
