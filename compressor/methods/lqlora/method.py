@@ -45,7 +45,8 @@ def _fisher_weights(fisher: torch.Tensor | None, name: str
 class LQLoRA(Method):
     name = "lqlora"
     summary = ("Quantized (NormalFloat) + low-rank decomposition with per-matrix bits and "
-               "block sizes from an ILP under a bits-per-weight budget (LQ-LoRA).")
+               "block sizes from an ILP under a bits-per-weight budget (LQ-LoRA). The paper "
+               "fine-tunes the low-rank part on LM data: --heal-steps N does it (heal stage).")
     Config = LQLoRAConfig
     needs = frozenset()
 
