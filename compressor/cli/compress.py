@@ -39,9 +39,11 @@ def _print_summary(report: dict[str, Any], output: Path) -> None:
         tab.add_row(k, f"{b['bytes_before'] / 2**20:.1f} MiB", f"{b['bytes_after'] / 2**20:.1f} MiB",
                     f"{b['bits_per_weight']:.3f}")
     console.print(tab)
+    before = {e["dataset"]: e["ppl"] for e in ((report.get("heal") or {}).get("eval_before") or [])}
     for e in report.get("eval") or []:
         part = f" (partial: {e['n_windows']} windows)" if e.get("partial") else ""
-        console.print(f"perplexity {e['dataset']}: [bold]{e['ppl']:.3f}[/]{part}")
+        healed = f" (before heal: {before[e['dataset']]:.3f})" if e["dataset"] in before else ""
+        console.print(f"perplexity {e['dataset']}: [bold]{e['ppl']:.3f}[/]{part}{healed}")
     missed = [e for e in report.get("expect", []) if not e["ok"]]
     for e in report.get("expect", []):
         mark = "[green]✓[/]" if e["ok"] else "[red]✗[/]"
