@@ -276,3 +276,17 @@ def test_api_heal_report_resume_and_peft_export(tiny_model_dir, tmp_path):
     assert torch.equal(lora[f"base_model.model.{name}.lora_A.weight"], saved[a_key].to(lora[f"base_model.model.{name}.lora_A.weight"].dtype))
     assert not torch.equal(saved[a_key], saved_plain[a_key])
     assert isinstance(healed, object) and CompressedLinear
+
+
+def test_recipe_puts_heal_last_and_once():
+    from compressor.errors import UserError
+    ok = parse_recipe({"model": "m", "stages": [{"method": "svd"}, {"method": "heal", "steps": 3}]})
+    assert ok.stages[1].steps == 3 and ok.stages[1].loss == "kl"
+    bad = {"trains what a compression stage made": [{"method": "heal"}],
+           "comes after the post stage": [{"method": "svd"}, {"method": "heal"}, {"method": "rtn"}],
+           "appears twice": [{"method": "svd"}, {"method": "heal"}, {"method": "heal"}],
+           "did you mean 'steps'": [{"method": "svd"}, {"method": "heal", "stepz": 3}]}
+    for why, stages in bad.items():
+        with pytest.raises(UserError) as e:
+            parse_recipe({"model": "m", "stages": stages})
+        assert why in str(e.value), (why, str(e.value))
