@@ -9,7 +9,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench_out/heal")
 print("| row | bits/weight | params kept | ppl without heal | ppl with heal | heal loss first→last 5 | "
-      "teacher s | eval-before s | heal s | s/step | compress s (rest) |")
+      "teacher s | eval-before s | heal s | s/step | rest of the run s |")
 print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
 for rep_path in sorted(out.glob("*/report.json")):
     r = json.loads(rep_path.read_text())

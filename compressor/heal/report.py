@@ -43,7 +43,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
             a = after.get(ds)
             after_ppl = "" if a is None else f"{a['ppl']:.3f}"
             lines.append(f"| {ds} | {b['n_windows']} | {b['ppl']:.3f} | {after_ppl} |")
-    lines.append("Per-module errors in the table below are measured before heal.")
+    lines += ["", "Per-module errors in the table below are measured before heal."]
     return lines
 
 
