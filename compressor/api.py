@@ -26,6 +26,7 @@ from compressor.core.planning import planning_pass
 from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
 from compressor.core.stages import Stage, stage_needs
 from compressor.errors import UserError
+from compressor.heal.stage import HealJob, split_post_stages
 from compressor.models import resolve_storage_dtype
 from compressor.progress import NullProgress, ProgressSink
 from compressor.recipe import Recipe, dump_recipe
@@ -84,6 +85,7 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
         progress = NullProgress()
     timer = StageTimer()
     stages = [Stage.of(cfg) for cfg in recipe.stages]
+    stages, post_stages = split_post_stages(stages)   # heal: runs after the sequential pass
     needs = stage_needs(stages)
     if stages[0].method.uses_previous:
         raise UserError(f"{stages[0].name} compensates an earlier stage; put a base stage before it "
@@ -143,6 +145,13 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
                "every rank must load the same model files and calibration data")
     ckpt = run_on_main(dist, lambda: LayerCheckpoints(resume_dir_for(output), run_fp, resume),
                        "the resume check")
+    # --- heal (post stage): windows + teacher cache from the model before it is compressed ---
+    heal_job = None
+    if post_stages and dist.is_main:
+        with timer("heal_prepare"):
+            heal_job = HealJob.prepare(post_stages[0].cfg, model, tokenizer, windows, cal.dataset,
+                                       cal.seed, device, ckpt.folder, resume, progress)
+    # --- end heal ---
     with timer("layers"):
         result = sequential_compress(
             model, layers_path, layers,
@@ -155,6 +164,17 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
             return CompressResult(output=output, report={}, model=None)
         round_uncompressed(model, storage_dtype)   # evaluate what the file holds
     timer.seconds.update({f"layers.{k}": v for k, v in result.stage_seconds.items()})
+    # --- heal: perplexity before (when the recipe evaluates), then train the factors ---
+    heal_report = None
+    if heal_job is not None:
+        eval_before = None
+        if recipe.eval and heal_job.cfg.steps > 0:
+            with timer("eval_before_heal"):
+                eval_before = evaluate_all(model, tokenizer, recipe, seqlen, device, progress)
+        with timer("heal"):
+            heal_report = heal_job.run(model, device, cal.seed, ckpt.folder, resume, progress)
+        heal_report["eval_before"] = eval_before
+    # --- end heal ---
 
     report: dict[str, Any] = {
         "svdc_version": __version__, "command": command, "recipe": recipe.model_dump(mode="json"),
@@ -164,6 +184,7 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
         "calibration": {"dataset": cal.dataset, "nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
                         "seed": cal.seed},
         "gradients": grad_info, "resumed_layers": ckpt.resumed_layers, "distributed": dist.info(),
+        "heal": heal_report,
         "modules": [r.to_dict() for r in result.records],
         "versions": versions(), "machine": machine(device)}
     with atomic_dir(output, force) as tmp:

@@ -7,6 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from compressor.heal.report import markdown as heal_markdown
+from compressor.heal.report import plots as heal_plots
+
 log = logging.getLogger("svdc")
 
 
@@ -52,6 +55,7 @@ def markdown(report: dict[str, Any]) -> str:
         for e in report["expect"]:
             got = "n/a" if e["got"] is None else f"{e['got']:.4g}"
             lines.append(f"| {e['metric']} | {e['value']:.4g} | {e['tol']:.3g} | {got} | {'✓' if e['ok'] else '✗'} |")
+    lines += heal_markdown(report)   # heal section (empty without a heal stage)
     lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---:|"]
     for k, v in report["stage_seconds"].items():
         lines.append(f"| {k} | {v:.2f} |")
@@ -118,6 +122,7 @@ def plots(report: dict[str, Any], folder: Path) -> list[str]:
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)
         out.append(name)
+    out += heal_plots(report, folder)   # heal_loss.png when a heal stage trained
     return out
 
 

@@ -65,8 +65,8 @@ def run(layer: int, overrides: dict, grams) -> dict:
 
 
 def primitives(grams) -> dict:
-    from compressor.primitives.linalg import whitening
     from compressor.primitives.ksvd import _initial_dictionary
+    from compressor.primitives.linalg import whitening
     out = {}
     for name in ("gate_proj", "down_proj", "q_proj"):
         W, gram = grams[name]

@@ -19,6 +19,7 @@ from compressor.recipe import (
     read_recipe_data,
     route_flags,
     stages_from_flags,
+    with_heal,
 )
 
 from .app import app
@@ -38,9 +39,11 @@ def _print_summary(report: dict[str, Any], output: Path) -> None:
         tab.add_row(k, f"{b['bytes_before'] / 2**20:.1f} MiB", f"{b['bytes_after'] / 2**20:.1f} MiB",
                     f"{b['bits_per_weight']:.3f}")
     console.print(tab)
+    before = {e["dataset"]: e["ppl"] for e in ((report.get("heal") or {}).get("eval_before") or [])}
     for e in report.get("eval") or []:
         part = f" (partial: {e['n_windows']} windows)" if e.get("partial") else ""
-        console.print(f"perplexity {e['dataset']}: [bold]{e['ppl']:.3f}[/]{part}")
+        healed = f" (before heal: {before[e['dataset']]:.3f})" if e["dataset"] in before else ""
+        console.print(f"perplexity {e['dataset']}: [bold]{e['ppl']:.3f}[/]{part}{healed}")
     missed = [e for e in report.get("expect", []) if not e["ok"]]
     for e in report.get("expect", []):
         mark = "[green]✓[/]" if e["ok"] else "[red]✗[/]"
@@ -107,6 +110,9 @@ def compress(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
     nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
     stream: bool = typer.Option(False, "--stream", help="read and write one decoder layer at a time (models larger than RAM)"),
+    heal_steps: Optional[int] = typer.Option(None, "--heal-steps", help=(
+        "after compressing, train the low-rank factors this many steps (appends a heal stage; "
+        "`svdc methods heal` lists its options, set them with --set, e.g. --set lr=5e-5)")),
 ) -> None:
     """Compress MODEL with one method (from flags) or a recipe's stages."""
     _maybe_launch(nproc)
@@ -116,7 +122,7 @@ def compress(
               "atoms_per_column": atoms_per_column, "allocation": allocation, **parse_set(set_)}
     if bits is not None and float(bits).is_integer():
         params["bits"] = int(bits)
-    data = _stages_data(method, recipe, base, params)
+    data = _stages_data(method, recipe, base, params, heal_steps)
     data["model"] = model
     cal = data.setdefault("calibration", {})
     for k, v in (("dataset", calib), ("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed)):
@@ -155,7 +161,7 @@ def _run_streaming(recipe, force: bool, resume: bool, nproc: int) -> None:
 
 
 def _stages_data(method: str | None, recipe: Path | None, base: str | None,
-                 params: dict[str, Any]) -> dict[str, Any]:
+                 params: dict[str, Any], heal_steps: int | None = None) -> dict[str, Any]:
     """The raw recipe mapping the flags stand for: a recipe file's, or one built from
     --method; either way every stage flag routed by the one router (validated later, once)."""
     if recipe is not None:
@@ -167,11 +173,12 @@ def _stages_data(method: str | None, recipe: Path | None, base: str | None,
         data = read_recipe_data(recipe)
         stages = data.get("stages")
         if isinstance(stages, list) and stages and all(isinstance(s, dict) for s in stages):
+            with_heal(stages, heal_steps)
             route_flags(stages, params, f"any stage of {recipe}")
         return data
     if method is None:
         raise UserError("pass --method (see `svdc methods`) or --recipe")
-    return {"stages": stages_from_flags(method, base, params)}
+    return {"stages": stages_from_flags(method, base, params, heal_steps)}
 
 
 @app.command()

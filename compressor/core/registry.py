@@ -29,6 +29,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def _load_all() -> None:
+    import compressor.heal  # noqa: F401  (registers the heal post stage)
     import compressor.methods  # noqa: F401  (registers every method)
 
 

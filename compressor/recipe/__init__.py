@@ -6,8 +6,13 @@ from compressor.recipe.io import (
            parse_recipe,
            read_recipe_data,
 )
-from compressor.recipe.router import parse_set, route_flags, stages_from_flags
+from compressor.recipe.router import (
+           parse_set,
+           route_flags,
+           stages_from_flags,
+           with_heal,
+)
 from compressor.recipe.schema import Recipe
 
 __all__ = ["dump_recipe", "load_recipe", "parse_recipe", "read_recipe_data", "parse_set",
-           "route_flags", "stages_from_flags", "Recipe"]
+           "route_flags", "stages_from_flags", "with_heal", "Recipe"]

@@ -59,8 +59,23 @@ def route_flags(stages: list[dict[str, Any]], params: dict[str, Any], where: str
                             f"{stages[-1].get('method')}` for its options")
 
 
-def stages_from_flags(method: str, base: str | None, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """``--method`` path: the expanded stage list with every flag routed."""
+def with_heal(stages: list[dict[str, Any]], steps: int | None) -> None:
+    """``--heal-steps N``: set the recipe's heal stage's steps, or append a heal stage (in
+    place, before routing, so ``--set lr=...`` reaches it). None: leave the stages alone."""
+    if steps is None:
+        return
+    for stage in stages:
+        if stage.get("method") == "heal":
+            stage["steps"] = steps
+            return
+    stages.append({"method": "heal", "steps": steps})
+
+
+def stages_from_flags(method: str, base: str | None, params: dict[str, Any],
+                      heal_steps: int | None = None) -> list[dict[str, Any]]:
+    """``--method`` path: the expanded stage list (plus heal for ``--heal-steps``) with every
+    flag routed."""
     stages = stages_for_method(method, base)
+    with_heal(stages, heal_steps)
     route_flags(stages, params, " + ".join(s["method"] for s in stages))
     return stages

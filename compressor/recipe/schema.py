@@ -101,3 +101,24 @@ class Recipe(_Strict):
                                  f"{{method: gptq, bits: 4}}")
             get_method(stage["method"])     # UserError with "did you mean"
         return data
+
+    # --- post stages (heal) -----------------------------------------------------------------
+    @model_validator(mode="after")
+    def _post_stages_last(self) -> "Recipe":
+        """Post stages (heal) train what the compression stages made: they come after every
+        compression stage, at least one of those first, each post method once."""
+        post = [get_method(s.method).post_stage for s in self.stages]
+        names = [s.method for s in self.stages]
+        if post[0]:
+            raise ValueError(f"stage 1 ({names[0]}) trains what a compression stage made; put a "
+                             f"compression stage before it (e.g. --method whitened-svd "
+                             f"--heal-steps 200)")
+        for i in range(1, len(post)):
+            if post[i - 1] and not post[i]:
+                raise ValueError(f"stage {i + 1} ({names[i]}) comes after the post stage "
+                                 f"{names[i - 1]}; post stages (heal) go last")
+        dup = [n for i, n in enumerate(names) if post[i] and names.index(n) != i]
+        if dup:
+            raise ValueError(f"stage {names.index(dup[0], names.index(dup[0]) + 1) + 1} "
+                             f"({dup[0]}) appears twice; a recipe has at most one")
+        return self

@@ -1,5 +1,6 @@
 """GPTQ time for one SmolLM2 layer (layer 0's real weights and Grams), old vs new code."""
 import json
+import os
 import resource
 import sys
 import time
@@ -40,4 +41,4 @@ for name, fn in runs.items():
         c0, t0 = cpu(), time.perf_counter(); fn(); best_w = min(best_w, time.perf_counter() - t0); best_c = min(best_c, cpu() - c0)
     out[name] = {"wall_s": round(best_w, 3), "cpu_s": round(best_c, 3)}
     print(name, out[name], flush=True)
-import os; print(json.dumps({"layer0_7_linears": out, "loadavg": os.getloadavg()}))
+print(json.dumps({"layer0_7_linears": out, "loadavg": os.getloadavg()}))

@@ -26,7 +26,9 @@ from .config import EoraConfig
 class EoRA(Method):
     name = "eora"
     summary = ("Low-rank compensation of the previous stage's error in the eigenspace of the "
-               "layer inputs (EoRA); put a base stage first, e.g. --base gptq.")
+               "layer inputs (EoRA); put a base stage first, e.g. --base gptq. Training-free; "
+               "the paper notes the path is a good start for fine-tuning: --heal-steps N "
+               "trains it (heal stage).")
     Config = EoraConfig
     needs = frozenset({"gram"})
     uses_previous = True

@@ -73,8 +73,8 @@ class LQLoRA(Method):
     name = "lqlora"
     summary = ("Quantized (NormalFloat) + low-rank decomposition with per-matrix bits and "
                "block sizes from an ILP on the calibration output error under a bits-per-weight "
-               "budget (LQ-LoRA). The paper fine-tunes the low-rank part afterwards: add a "
-               "heal stage for that.")
+               "budget (LQ-LoRA). The paper fine-tunes the low-rank part on LM data: "
+               "--heal-steps N does it (heal stage).")
     Config = LQLoRAConfig
     needs = frozenset()
 

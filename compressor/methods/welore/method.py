@@ -17,5 +17,6 @@ from .config import WeLoreConfig
 class WeLore(SVD):
     name = "welore"
     summary = ("WeLore: global rank allocation from singular-value heavy tails; "
-               "low-rank matrices truncated, the rest kept dense.")
+               "low-rank matrices truncated, the rest kept dense. The paper then fine-tunes "
+               "the low-rank components: --heal-steps N does it (heal stage).")
     Config = WeLoreConfig
