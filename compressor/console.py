@@ -19,11 +19,33 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
+_STATE = {"verbose": False}
+
+
+def is_verbose() -> bool:
+    """Whether -v/--debug was given (numerics and third-party logs are shown)."""
+    return _STATE["verbose"]
+
+
+def quiet_third_party() -> None:
+    """Warnings and info from lm-eval, datasets and transformers stay out of a default run."""
+    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "accelerate", "evaluate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
+    _STATE["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
                         force=True)
     logging.getLogger("svdc").setLevel(logging.INFO)
+    # per-module numerics (floors, retries): -v only; a default run prints one line per event
+    logging.getLogger("svdc.numerics").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 class RichProgress:

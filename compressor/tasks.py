@@ -131,7 +131,8 @@ def run_tasks(model, tokenizer, tasks: list[str], *, limit: int | None = None,
 
     named = [task_spec(t) for t in tasks]
     sources = {name: t for (name, _), t in zip(named, tasks)}
-    tm = TaskManager()
+    # the built-in task index is only needed for task names (building it takes seconds)
+    tm = TaskManager(include_defaults=any(isinstance(s, str) for _, s in named))
     for name, spec in named:
         if isinstance(spec, str) and name not in tm.all_tasks:
             raise _task_error(tm, name, spec, KeyError(name))
@@ -168,7 +169,7 @@ def _summarize(out: dict[str, Any], sources: dict[str, str], limit, batch_size, 
     for task, res in results.items():
         metrics, stderr = {}, {}
         for key, value in res.items():
-            if key == "alias" or not isinstance(value, (int, float)):
+            if key in ("alias", "sample_len") or not isinstance(value, (int, float)):
                 continue
             metric, _, filt = key.partition(",")
             label = metric if filt in ("", "none") else f"{metric},{filt}"

@@ -63,6 +63,8 @@ class Evaluation(_Strict):
     task_limit: int | None = Field(None, ge=1, description=(
         "examples per task (quick, partial run)"))
     task_batch_size: int = Field(8, ge=1, description="batch size of the task runs")
+    dense: bool = Field(False, description=(
+        "also score the uncompressed model on the same windows and tasks, before compressing"))
 
 
 class Expectation(_Strict):
