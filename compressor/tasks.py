@@ -14,6 +14,7 @@ lm-eval is an optional dependency: ``pip install 'svdc[eval]'``.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -89,9 +90,23 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _load_one(tm, spec):
-    loader = getattr(tm, "load", None)
-    return loader([spec]) if loader is not None else tm.load_task_or_group([spec])
+@functools.lru_cache(maxsize=2)
+def task_manager(include_defaults: bool):
+    """lm-eval's task index, built once per process (the built-in index takes seconds to a
+    minute: it reads every task YAML lm-eval ships)."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_defaults=include_defaults)
+
+
+def _build(tm, name: str, spec):
+    """The Task (or Group, or a tag's tasks) for one spec, its dataset loaded; lm-eval >= 0.4.10
+    API. One task at a time, so a failure names its task."""
+    loaded = tm.load([spec])
+    if name in loaded["groups"]:
+        return [loaded["groups"][name]]
+    if name in loaded["tasks"]:
+        return [loaded["tasks"][name]]
+    return list(loaded["tasks"].values())          # a tag: its member tasks
 
 
 def _task_error(tm, name: str, spec, e: BaseException) -> UserError:
@@ -127,33 +142,29 @@ def run_tasks(model, tokenizer, tasks: list[str], *, limit: int | None = None,
         raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
     lm_eval, HFLM = _lm_eval()
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     named = [task_spec(t) for t in tasks]
     sources = {name: t for (name, _), t in zip(named, tasks)}
-    # the built-in task index is only needed for task names (building it takes seconds)
-    tm = TaskManager(include_defaults=any(isinstance(s, str) for _, s in named))
+    # the built-in index is needed for task names only (YAML tasks skip its cost)
+    tm = task_manager(any(isinstance(s, str) for _, s in named))
     for name, spec in named:
         if isinstance(spec, str) and name not in tm.all_tasks:
             raise _task_error(tm, name, spec, KeyError(name))
+    t0 = time.perf_counter()
+    built: list = []
+    for name, spec in named:
+        try:
+            built += _build(tm, name, spec) if hasattr(tm, "load") else [spec]
+        except Exception as e:  # noqa: BLE001 - unreachable Hub, bad YAML fields: one line
+            raise _task_error(tm, name, spec, e) from None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     was_training = model.training
     model.eval()
-    t0 = time.perf_counter()
     try:
-        out = simple_evaluate(model=lm, tasks=[s for _, s in named], task_manager=tm,
+        out = simple_evaluate(model=lm, tasks=built, task_manager=tm,
                               limit=limit, num_fewshot=num_fewshot, log_samples=False,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                               fewshot_random_seed=seed)
-    except UserError:
-        raise
-    except Exception as first:  # noqa: BLE001 - find which task failed, say it in one line
-        for name, spec in named:
-            try:
-                _load_one(tm, spec)
-            except Exception as e:  # noqa: BLE001
-                raise _task_error(tm, name, spec, e) from None
-        raise first
     finally:
         model.train(was_training)
     return _summarize(out, sources, limit, batch_size, num_fewshot, time.perf_counter() - t0,

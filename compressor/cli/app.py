@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from compressor.console import console, setup_logging
 from compressor.errors import UserError
@@ -43,7 +44,7 @@ def main() -> None:
     except UserError as e:
         if debug:
             raise
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")   # messages may hold [brackets]
         sys.exit(2)
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into one line
         if debug:
