@@ -4,15 +4,17 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_OUT ?= out/demo-smollm2-gptq4-eora64
+TORCH   ?= torch==2.13.0
 
 .PHONY: setup test test-fast demo recipes bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA packages
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,data]'
+	# torch pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA packages.
+	# pyproject only asks for a range, so the pin is repeated beside the extras: pip keeps it.
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test,data,eval]' $(TORCH)
 	rm -f $(VENV)/.installed-*; touch $@
 
 setup: $(STAMP)

@@ -8,7 +8,8 @@ A task is an lm-eval task name (``arc_easy``, ``hellaswag``, ...) or a path to a
 Relative ``data_files`` in a local YAML are taken relative to the YAML's folder when the file
 is there (lm-eval itself resolves them against the working directory).
 
-lm-eval is an optional dependency: ``pip install 'svdc[eval]'``.
+lm-eval is an optional dependency: ``pip install 'svdc[eval]'`` (lm-eval >= 0.4.13, < 0.5:
+its task index and YAML loader are used as they are in that series).
 """
 
 from __future__ import annotations
@@ -42,13 +43,10 @@ def _is_yaml_path(spec: str) -> bool:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    """The task config with lm-eval's own loader (``include:`` merged, ``!function`` resolved)."""
-    try:
-        from lm_eval.tasks._yaml_loader import load_yaml
-        return load_yaml(path, resolve_func=True)
-    except ImportError:  # lm-eval before the task-index rewrite
-        from lm_eval.utils import load_yaml_config
-        return load_yaml_config(yaml_path=str(path), mode="full")
+    """The task config with lm-eval's own loader (``include:`` merged, ``!function`` resolved
+    relative to the YAML), as lm-eval reads a YAML path itself."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+    return load_yaml(path, resolve_func=True)
 
 
 def _absolute_data_files(value: Any, base: Path) -> Any:
@@ -99,8 +97,8 @@ def task_manager(include_defaults: bool):
 
 
 def _build(tm, name: str, spec):
-    """The Task (or Group, or a tag's tasks) for one spec, its dataset loaded; lm-eval >= 0.4.10
-    API. One task at a time, so a failure names its task."""
+    """The Task (or Group, or a tag's tasks) for one spec, its dataset loaded. One task at a
+    time, so a failure names its task."""
     loaded = tm.load([spec])
     if name in loaded["groups"]:
         return [loaded["groups"][name]]
@@ -154,7 +152,7 @@ def run_tasks(model, tokenizer, tasks: list[str], *, limit: int | None = None,
     built: list = []
     for name, spec in named:
         try:
-            built += _build(tm, name, spec) if hasattr(tm, "load") else [spec]
+            built += _build(tm, name, spec)
         except Exception as e:  # noqa: BLE001 - unreachable Hub, bad YAML fields: one line
             raise _task_error(tm, name, spec, e) from None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
