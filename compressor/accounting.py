@@ -113,4 +113,6 @@ def bits_split(folder: Path, target_names: list[str], before_params: int) -> dic
                 ptype = parts[int(idx)]["type"]
             cat = _category(ptype, buffer)
             out[cat] = out.get(cat, 0) + nbytes
-    return {k: 8 * v / max(before_params, 1) for k, v in sorted(out.items())}
+    order = ("codes", "scales", "lowrank", "sparse", "dictionary", "channels", "dense")
+    keys = sorted(out, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return {k: 8 * out[k] / max(before_params, 1) for k in keys}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -40,6 +41,11 @@ def quiet_third_party() -> None:
 
 def setup_logging(verbose: bool) -> None:
     _STATE["verbose"] = verbose
+    if not verbose:
+        # third-party download/load bars (transformers' "Loading weights", datasets'): svdc
+        # draws its own progress; read when those libraries are imported, so set them first
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
                         force=True)
