@@ -91,7 +91,7 @@ def test_compress_eval_tasks_go_into_the_report(rtn_run):
 
 
 def test_limit_labels_a_partial_run(rtn_run, capsys, monkeypatch):
-    code, out, err = run_cli(["eval", str(rtn_run.output), "--tasks", str(TASK_YAML), "--limit", "5",
+    code, _, err = run_cli(["eval", str(rtn_run.output), "--tasks", str(TASK_YAML), "--limit", "5",
                               "--dataset", "builtin", "--max-windows", "1", "--seqlen", "32"],
                              capsys, monkeypatch)
     assert code == 0, err
@@ -101,7 +101,7 @@ def test_limit_labels_a_partial_run(rtn_run, capsys, monkeypatch):
 
 def test_missing_lm_eval_names_the_extra(rtn_run, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)      # import lm_eval -> ImportError
-    code, out, err = run_cli(["eval", str(rtn_run.output), "--tasks", "arc_easy"], capsys, monkeypatch)
+    code, _, err = run_cli(["eval", str(rtn_run.output), "--tasks", "arc_easy"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err
     assert "pip install 'svdc[eval]'" in " ".join(err.split())
 

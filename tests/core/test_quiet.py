@@ -61,6 +61,6 @@ def test_default_run_prints_one_line_per_event_class(tiny_model_dir, tmp_path, c
     md = (tmp_path / "quiet" / "report.md").read_text()
     assert "## Numerics" in md and "Target bits per weight by storage" in md
 
-    text_v, raw_v = _compress(["-v", *base, "-o", str(tmp_path / "loud")], capsys, monkeypatch)
+    _, raw_v = _compress(["-v", *base, "-o", str(tmp_path / "loud")], capsys, monkeypatch)
     event = next(iter(rep["numerics"]))
     assert raw_v.count(f": {event} = ") == rep["numerics"][event]["modules"]
