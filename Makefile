@@ -4,15 +4,17 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_OUT ?= out/demo-smollm2-gptq4-eora64
+TORCH   ?= torch==2.13.0
 
 .PHONY: setup test test-fast demo recipes bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA packages
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,data,export]'
+	# torch pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA packages.
+	# pyproject only asks for a range, so the pin is repeated beside the extras: pip keeps it.
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test,data,eval,export]' $(TORCH)
 	rm -f $(VENV)/.installed-*; touch $@
 
 setup: $(STAMP)
@@ -24,12 +26,20 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 # The headline job on the embedded default model: GPTQ 4-bit g128 + EoRA rank 64 on SmolLM2,
-# calibrated and evaluated on the builtin Wikipedia text (held-out articles).
+# calibrated and evaluated on the builtin Wikipedia text (held-out articles), with the dense
+# model's perplexity on the same windows beside it. Sized for a first look (8×256 calibration
+# tokens, 8 eval windows: a few minutes on 2 CPU cores); the full-size command is printed last.
+DEMO_FULL = svdc compress smollm2-135m --method eora --bits 4 --group-size 128 --rank 64 \
+	--calib builtin --nsamples 32 --seqlen 512 --eval builtin --eval-windows 40 --eval-dense \
+	-o out/smollm2-gptq4-eora64
+
 demo: setup
 	$(BIN)/svdc compress smollm2-135m --method eora --bits 4 --group-size 128 --rank 64 \
-	    --calib builtin --nsamples 32 --seqlen 512 --eval builtin --eval-windows 40 \
+	    --calib builtin --nsamples 8 --seqlen 256 --eval builtin --eval-windows 8 --eval-dense \
 	    -o $(DEMO_OUT) --force
 	$(BIN)/svdc inspect $(DEMO_OUT)
+	@echo "demo: a first look (8x256 calibration tokens, 8 eval windows). Full size (about an hour on 2 CPU cores):"
+	@echo "  $(DEMO_FULL)"
 
 recipes: setup
 	$(BIN)/python scripts/reproduce.py recipes/small/*.yaml

@@ -71,3 +71,48 @@ def totals(entries: dict[str, tuple[int, int]], target_names: list[str],
 
     return {"targets": block(before_targets, t_numel, t_bytes),
             "model": block(before_model, m_numel, m_bytes)}
+
+
+# What each stored tensor of a compressed linear is, by part type and buffer name.
+_QUANT_PARTS = ("quant", "nf")
+_LOWRANK_PARTS = ("lowrank", "qlowrank")
+
+
+def _category(part_type: str | None, buffer: str) -> str:
+    if part_type is None:
+        return "bias" if buffer == "bias" else "dense"
+    if part_type in _QUANT_PARTS:
+        return "codes" if buffer == "qcodes" else "scales"
+    if part_type in _LOWRANK_PARTS:
+        return "lowrank"
+    return {"dense": "dense"}.get(part_type, part_type)   # sparse, dictionary, channels
+
+
+def bits_split(folder: Path, target_names: list[str], before_params: int) -> dict[str, float]:
+    """Bits per original target weight, split by what stores them: ``codes`` (quantized
+    integers), ``scales`` (their scales / zero points / absmax), ``lowrank`` (low-rank factors,
+    quantized or not), ``sparse``, ``dictionary``, ``channels``, ``dense`` (targets left dense).
+    Counted from the written tensors and config.json's part specs; sums to the targets'
+    bits_per_weight (biases excluded, as there)."""
+    cfg = json.loads((folder / "config.json").read_text())
+    modules = (cfg.get("compression_config") or {}).get("modules", {})
+    entries = written_entries(folder)
+    out: dict[str, int] = {}
+    for name in target_names:
+        parts = modules.get(name, {}).get("parts")
+        prefix = name + "."
+        for key, (_, nbytes) in entries.items():
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            if rest == "bias":
+                continue
+            ptype, buffer = None, rest
+            if parts is not None and rest.startswith("parts."):
+                _, idx, buffer = rest.split(".", 2)
+                ptype = parts[int(idx)]["type"]
+            cat = _category(ptype, buffer)
+            out[cat] = out.get(cat, 0) + nbytes
+    order = ("codes", "scales", "lowrank", "sparse", "dictionary", "channels", "dense")
+    keys = sorted(out, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return {k: 8 * out[k] / max(before_params, 1) for k in keys}

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from compressor import __version__
-from compressor.accounting import model_footprint, totals, written_entries
+from compressor.accounting import bits_split, model_footprint, totals, written_entries
 from compressor.atomic import atomic_dir
 from compressor.checkpoint import round_uncompressed, save_compressed
 from compressor.core.distributed import Distributed, run_on_main
 from compressor.core.gradients import GRAD_STATS
-from compressor.core.pipeline import sequential_compress
+from compressor.core.pipeline import numerics_summary, sequential_compress
 from compressor.core.planning import planning_pass
 from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
 from compressor.core.stages import Stage, stage_needs
@@ -115,6 +115,15 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
     check_activation_memory(cal.nsamples, seqlen, minfo_d.get("hidden_size"), compute_dtype.itemsize)
     with timer("data"):
         windows = calibration_windows(tokenizer, cal.dataset, cal.nsamples, seqlen, cal.seed)
+    if recipe.eval and recipe.eval.tasks:
+        from compressor.tasks import _lm_eval, task_spec
+        _lm_eval()                                  # fail before hours of compression, not after
+        for t in recipe.eval.tasks:
+            task_spec(t)
+    dense_eval = None
+    if recipe.eval and recipe.eval.dense:
+        with timer("eval_dense"):   # the uncompressed model on the same windows and tasks
+            dense_eval = evaluate_all(model, tokenizer, recipe, seqlen, device, progress, "dense ")
 
     grad_stats, grad_info = None, None
     want = set(needs & GRAD_STATS)
@@ -186,15 +195,24 @@ def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
         "gradients": grad_info, "resumed_layers": ckpt.resumed_layers, "distributed": dist.info(),
         "heal": heal_report,
         "modules": [r.to_dict() for r in result.records],
+        "numerics": numerics_summary(result.records),
         "versions": versions(), "machine": machine(device)}
     with atomic_dir(output, force) as tmp:
         with timer("write"):
             save_compressed(model, tokenizer, tmp, storage_dtype, {"recipe_fingerprint": ckpt.fp})
             (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
             report["totals"] = totals(written_entries(tmp), target_names, before_targets, before_model)
+            report["totals"]["targets"]["bits_split"] = bits_split(tmp, target_names, before_targets[0])
         if recipe.eval:
             with timer("eval"):
-                report["eval"] = evaluate_all(model, tokenizer, recipe, seqlen, device, progress)
+                ev = evaluate_all(model, tokenizer, recipe, seqlen, device, progress)
+            report["eval"] = ev["perplexity"]
+            if ev["tasks"] is not None:
+                report["tasks"] = ev["tasks"]
+            if dense_eval is not None:
+                for e, d in zip(report["eval"], dense_eval["perplexity"]):
+                    e["dense_ppl"] = d["ppl"]
+                report["dense_eval"] = dense_eval
         report["expect"] = check_expectations(recipe, report)
         report["stage_seconds"] = timer.seconds
         report["peak_memory"] = peak_memory(device)
@@ -259,21 +277,46 @@ def _gradients(recipe, model, windows, target_names, want, device, progress, dis
     return stats, info
 
 
-def evaluate_all(model, tokenizer, recipe: Recipe, calib_seqlen: int, device, progress) -> list[dict[str, Any]]:
+def eval_split(recipe: Recipe, dataset: str) -> str | None:
+    """The split a compress-time evaluation scores: the recipe's, else a local file's held-out
+    test share when it is also the calibration file (no document scored was calibrated on),
+    else the source's default (a local file whole, a named source's test split)."""
+    from compressor.data import is_local_source
+    ev = recipe.eval
+    if ev is not None and ev.split is not None:
+        return ev.split
+    if is_local_source(dataset) and is_local_source(recipe.calibration.dataset):
+        same = Path(dataset).expanduser().resolve() == Path(recipe.calibration.dataset).expanduser().resolve()
+        return "test" if same else "all"
+    return None
+
+
+def evaluate_all(model, tokenizer, recipe: Recipe, calib_seqlen: int, device, progress,
+                 label: str = "") -> dict[str, Any]:
+    """Perplexity on every eval dataset and, when the recipe names tasks, the lm-eval tasks:
+    ``{"perplexity": [...], "tasks": {...} | None}``."""
     from compressor.evaluate import evaluate
 
     ev = recipe.eval
     assert ev is not None
     model.to(device)
     out = []
-    for ds in ev.datasets:
-        res = evaluate(model, tokenizer, ds, ev.seqlen or calib_seqlen, max_windows=ev.max_windows,
-                       device=str(device), progress=_progress_fn(progress, f"eval {ds}"))
-        if not math.isfinite(res["ppl"]):
-            raise FloatingPointError(f"perplexity on {ds} is not finite")
-        out.append(res)
-    model.to("cpu")
-    return out
+    try:
+        for ds in ev.datasets:
+            res = evaluate(model, tokenizer, ds, ev.seqlen or calib_seqlen, max_windows=ev.max_windows,
+                           device=str(device), split=eval_split(recipe, ds),
+                           progress=_progress_fn(progress, f"{label}eval {ds}"))
+            if not math.isfinite(res["ppl"]):
+                raise FloatingPointError(f"perplexity on {ds} is not finite")
+            out.append(res)
+        tasks = None
+        if ev.tasks:
+            from compressor.tasks import run_tasks
+            tasks = run_tasks(model, tokenizer, list(ev.tasks), limit=ev.task_limit,
+                              batch_size=ev.task_batch_size, seed=recipe.calibration.seed)
+    finally:
+        model.to("cpu")
+    return {"perplexity": out, "tasks": tasks}
 
 
 def _progress_fn(progress: ProgressSink, stage: str):
@@ -300,6 +343,9 @@ def metrics_of(report: dict[str, Any]) -> dict[str, float]:
         m["target_bytes"] = float(t["targets"]["bytes_after"])
     for e in report.get("eval") or []:
         m[f"ppl.{e['dataset']}"] = e["ppl"]
+    for row in (report.get("tasks") or {}).get("tasks", []):
+        for k, v in row["metrics"].items():
+            m[f"task.{row['task']}.{k}"] = v
     errs = [r["output_rel_err"] for r in report.get("modules", []) if r["output_rel_err"] is not None]
     if errs:
         m["mean_output_rel_err"] = sum(errs) / len(errs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -19,11 +20,38 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
+_STATE = {"verbose": False}
+
+
+def is_verbose() -> bool:
+    """Whether -v/--debug was given (numerics and third-party logs are shown)."""
+    return _STATE["verbose"]
+
+
+def quiet_third_party() -> None:
+    """Warnings and info from lm-eval, datasets and transformers stay out of a default run."""
+    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "accelerate", "evaluate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
+    _STATE["verbose"] = verbose
+    if not verbose:
+        # third-party download/load bars (transformers' "Loading weights", datasets'): svdc
+        # draws its own progress; read when those libraries are imported, so set them first
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
                         force=True)
     logging.getLogger("svdc").setLevel(logging.INFO)
+    # per-module numerics (floors, retries): -v only; a default run prints one line per event
+    logging.getLogger("svdc.numerics").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 class RichProgress:

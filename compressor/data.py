@@ -7,11 +7,11 @@ Sources (``--calib`` / ``--dataset``):
 - ``wikitext2``: WikiText-2 raw from the Hugging Face Hub (train / test), GPTQ protocol.
 - ``c4``: the two allenai/c4 English shards GPTQ uses (train 00000, validation 00000).
 - a local ``.txt`` file (documents separated by blank lines) or ``.jsonl`` (one object per
-  line with a ``"text"`` field). A local file is split by document, 90% calibration / 10% test,
-  by a fixed hash of each document's text: calibrating and evaluating on the same file never
-  share a document. (We chose this over "the whole file for both" because a silent overlap
-  would flatter every perplexity; to evaluate on a whole file, keep it apart from the
-  calibration file — only its 10% test share is scored.)
+  line with a ``"text"`` field). For calibration a local file is split by document, 90%
+  calibration / 10% test, by a fixed hash of each document's text, so that calibrating and
+  evaluating on the same file never share a document. Evaluation scores the whole file
+  (split ``all``) unless asked for its ``test`` share (``svdc eval --split test``; ``compress``
+  does so by itself when it evaluates on its calibration file).
 
 Every random choice uses a ``random.Random(seed)`` made here, never the global RNG.
 """
@@ -31,7 +31,8 @@ from compressor.errors import UserError
 
 HUB_SOURCES = ("wikitext2", "c4")
 NAMED_SOURCES = ("builtin", *HUB_SOURCES)
-SPLITS = ("calib", "test")
+SPLITS = ("calib", "test", "all")     # "all": a local file's every document (evaluation only)
+EVAL_SPLITS = ("all", "test")
 LOCAL_TEST_PERCENT = 10
 C4_EVAL_WINDOWS = 256            # GPTQ protocol: 256 seeded windows from the validation shard
 BUILTIN_FILES = {"calib": "wiki_calib.txt", "test": "wiki_test.txt"}
@@ -58,11 +59,24 @@ def load_split(source: str, split: str) -> list[str]:
     return list(docs)
 
 
+def is_local_source(source: str) -> bool:
+    """A path to a .txt/.jsonl file (existing or not), as opposed to a named source."""
+    return source.strip().lower() not in NAMED_SOURCES
+
+
+def default_eval_split(source: str) -> str:
+    """What evaluation scores when not told: a local file whole, a named source's test split."""
+    return "all" if is_local_source(source) else "test"
+
+
 def load_split_with_meta(source: str, split: str) -> tuple[Sequence[str], dict]:
     """Documents plus where they came from (dataset, split, source, revision) for reports."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     key = source.strip().lower()
+    if split == "all" and key in NAMED_SOURCES:
+        raise UserError(f"--split all applies to a local file; {key} is scored on its held-out "
+                        f"test split (use --split test, or leave --split out).")
     if key == "builtin":
         return _load_builtin(split)
     if key == "wikitext2":
@@ -140,14 +154,18 @@ def _read_jsonl(path: Path) -> list[str]:
 def _load_local(path: Path, split: str) -> tuple[list[str], dict]:
     all_docs = _read_jsonl(path) if path.suffix.lower() == ".jsonl" \
         else split_documents(_read_text(path))
-    if len(all_docs) < 2:
+    if not all_docs:
+        raise UserError(f"{path} holds no text.")
+    if len(all_docs) < 2 and split != "all":
         raise UserError(f"{path} holds {len(all_docs)} document(s); a local file is split by "
                         f"document into calibration and test, so it needs at least 2 "
                         f"(separate documents by a blank line, or one JSON object per line).")
-    docs = _split_by_hash(all_docs, LOCAL_TEST_PERCENT)[split]
     meta = {"dataset": path.name, "split": split, "source": str(path.resolve()),
-            "revision": "sha256:" + _sha256_file(path),
-            "split_rule": f"sha256(document) % 100 < {LOCAL_TEST_PERCENT} -> test"}
+            "revision": "sha256:" + _sha256_file(path), "documents_in_file": len(all_docs)}
+    if split == "all":
+        return all_docs, meta
+    docs = _split_by_hash(all_docs, LOCAL_TEST_PERCENT)[split]
+    meta["split_rule"] = f"sha256(document) % 100 < {LOCAL_TEST_PERCENT} -> test"
     return docs, meta
 
 
@@ -287,19 +305,26 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int,
 
 
 def eval_windows(tokenizer, source: str, seqlen: int, max_windows: int | None = None,
-                 seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """Evaluation windows (n, seqlen) and their provenance, GPTQ protocol (README, Calibration and evaluation text).
+                 seed: int = 0, split: str | None = None) -> tuple[torch.Tensor, dict]:
+    """Evaluation windows (n, seqlen) and their provenance, GPTQ protocol (README, Evaluate).
 
-    Test split joined with "\\n\\n", tokenized once without special tokens, cut into
+    ``split``: ``all`` (a local file's every document; the default for a local file) or
+    ``test`` (the held-out split; the default and only choice for builtin, wikitext2, c4).
+    The documents are joined with "\\n\\n", tokenized once without special tokens, cut into
     non-overlapping windows, tail dropped. C4: 256 seeded windows from validation documents
     longer than ``seqlen``. ``max_windows`` keeps the first windows only and marks the result
-    partial (its perplexity is not the protocol's number).
+    partial (its perplexity is not the protocol's number). The metadata says what was scored:
+    dataset, source file, split, documents, windows.
     """
     if seqlen < 2:
         raise UserError(f"--seqlen must be at least 2 tokens, got {seqlen}.")
     if max_windows is not None and max_windows < 1:
         raise UserError(f"--max-windows must be at least 1, got {max_windows}.")
-    docs, meta = load_split_with_meta(source, "test")
+    split = default_eval_split(source) if split is None else split
+    if split not in EVAL_SPLITS:
+        raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")
+    docs, meta = load_split_with_meta(source, split)
+    meta["documents"] = len(docs)
     if meta["dataset"] == "c4":
         total = C4_EVAL_WINDOWS
         n = total if max_windows is None else min(total, max_windows)
@@ -313,7 +338,7 @@ def eval_windows(tokenizer, source: str, seqlen: int, max_windows: int | None = 
         ids = torch.tensor(encode(tokenizer, "\n\n".join(docs)), dtype=torch.long)
         total = ids.numel() // seqlen
         if total == 0:
-            raise UserError(f"the {meta['dataset']} test text has {ids.numel()} tokens, fewer "
+            raise UserError(f"the {meta['dataset']} {split} text has {ids.numel()} tokens, fewer "
                             f"than one window of --seqlen {seqlen}: lower --seqlen.")
         n = total if max_windows is None else min(total, max_windows)
         windows = ids[: n * seqlen].view(n, seqlen)

@@ -83,13 +83,16 @@ def _model_dtype(model) -> str:
 
 def evaluate(model, tokenizer, dataset: str, seqlen: int, max_windows: int | None = None,
              device: str | torch.device = "cpu", progress: Progress | None = None,
-             batch_size: int = 1) -> dict:
-    """One perplexity result with everything needed to reproduce it (README, Calibration and evaluation text)."""
+             batch_size: int = 1, split: str | None = None) -> dict:
+    """One perplexity result with everything needed to reproduce it (README, Evaluate).
+
+    ``split``: see :func:`compressor.data.eval_windows` (default: a local file whole, a named
+    source's test split)."""
     requested = seqlen
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if max_pos is not None and seqlen > max_pos:
         seqlen = int(max_pos)
-    windows, meta = eval_windows(tokenizer, dataset, seqlen, max_windows=max_windows)
+    windows, meta = eval_windows(tokenizer, dataset, seqlen, max_windows=max_windows, split=split)
     t0 = time.perf_counter()
     result = perplexity(model, windows, device, batch_size=batch_size, progress=progress)
     elapsed = time.perf_counter() - t0

@@ -45,11 +45,36 @@ def markdown(report: dict[str, Any]) -> str:
     for name, b in (("targets", t), ("whole model", m)):
         lines.append(f"| {name} | {b['params_before']:,} | {b['params_after']:,} | {_fmt_bytes(b['bytes_before'])} | "
                      f"{_fmt_bytes(b['bytes_after'])} | {b['bits_per_weight']:.3f} |")
+    split = t.get("bits_split") or {}
+    if split:
+        lines += ["", "Target bits per weight by storage: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in split.items())
+                  + f" (sum {sum(split.values()):.3f})."]
     if report.get("eval"):
-        lines += ["", "## Perplexity", "", "| dataset | split | seqlen | windows | ppl | partial |", "|---|---|---:|---:|---:|---|"]
+        lines += ["", "## Perplexity", "", "| dataset | split | seqlen | windows | ppl | dense ppl | partial |",
+                  "|---|---|---:|---:|---:|---:|---|"]
         for e in report["eval"]:
+            dense = f"{e['dense_ppl']:.3f}" if "dense_ppl" in e else ""
             lines.append(f"| {e['dataset']} | {e.get('split', '')} | {e['seqlen']} | {e['n_windows']} | "
-                         f"{e['ppl']:.3f} | {'yes' if e.get('partial') else 'no'} |")
+                         f"{e['ppl']:.3f} | {dense} | {'yes' if e.get('partial') else 'no'} |")
+    if report.get("tasks"):
+        tr = report["tasks"]
+        dense_rows = {r["task"]: r for r in ((report.get("dense_eval") or {}).get("tasks") or {}).get("tasks", [])}
+        lines += ["", f"## Tasks (lm-eval {tr['lm_eval_version']}"
+                  + (f", limit {tr['limit']} per task: partial" if tr.get("limit") else "") + ")", "",
+                  "| task | metric | value | ± stderr | dense | examples |", "|---|---|---:|---:|---:|---:|"]
+        for r in tr["tasks"]:
+            for k, v in r["metrics"].items():
+                se = r["stderr"].get(k)
+                d = dense_rows.get(r["task"], {}).get("metrics", {}).get(k)
+                lines.append(f"| {r['task']} | {k} | {v:.4f} | {'' if se is None else f'{se:.4f}'} | "
+                             f"{'' if d is None else f'{d:.4f}'} | {r['n_examples']}/{r['total_examples']} |")
+    if report.get("numerics"):
+        lines += ["", "## Numerics", "", "Departures from the textbook path (floors, retries); "
+                  "per module in the table below.", "", "| event | modules | max | total | max at |",
+                  "|---|---:|---:|---:|---|"]
+        for k, e in report["numerics"].items():
+            lines.append(f"| {k} | {e['modules']} | {e['max']} | {e['total']} | {e['max_module']} |")
     if report.get("expect"):
         lines += ["", "## Expectations", "", "| metric | expected | tol | got | ok |", "|---|---:|---:|---:|---|"]
         for e in report["expect"]:

@@ -222,7 +222,7 @@ def test_builtin_calibration_windows(tok):
 
 def test_eval_windows_follow_the_gptq_protocol(tok, txt_file):
     seqlen = 20
-    windows, meta = data.eval_windows(tok, str(txt_file), seqlen)
+    windows, meta = data.eval_windows(tok, str(txt_file), seqlen, split="test")
     ids = data.encode(tok, "\n\n".join(data.load_split(str(txt_file), "test")))
     n = len(ids) // seqlen
     assert len(ids) % seqlen != 0, "pick sizes that leave a tail to drop"
@@ -232,9 +232,41 @@ def test_eval_windows_follow_the_gptq_protocol(tok, txt_file):
     assert meta["split"] == "test" and meta["seqlen"] == seqlen
     assert meta["revision"] == "sha256:" + hashlib.sha256(txt_file.read_bytes()).hexdigest()
 
-    part, pmeta = data.eval_windows(tok, str(txt_file), seqlen, max_windows=2)
+    part, pmeta = data.eval_windows(tok, str(txt_file), seqlen, max_windows=2, split="test")
     assert torch.equal(part, windows[:2]) and pmeta["partial"] is True
     assert pmeta["total_windows"] == n
+
+
+def test_a_local_file_is_scored_whole_by_default(tok, txt_file):
+    """The 90/10 split belongs to calibration: evaluating a user's file scores all of it."""
+    seqlen = 20
+    windows, meta = data.eval_windows(tok, str(txt_file), seqlen)
+    ids = data.encode(tok, "\n\n".join(make_docs(40, 60)))
+    assert windows.flatten().tolist() == ids[: (len(ids) // seqlen) * seqlen]
+    assert meta["split"] == "all" and meta["documents"] == meta["documents_in_file"] == 40
+    assert meta["n_windows"] == len(ids) // seqlen and meta["source"] == str(txt_file.resolve())
+    assert "split_rule" not in meta
+    test_w, test_meta = data.eval_windows(tok, str(txt_file), seqlen, split="test")
+    assert test_meta["split"] == "test" and test_meta["documents"] < 40 // 2
+    assert test_meta["n_windows"] < meta["n_windows"] and "split_rule" in test_meta
+
+
+def test_split_all_is_refused_for_named_sources(tok):
+    _, meta = data.eval_windows(tok, "builtin", 64, max_windows=1)
+    assert meta["split"] == "test" and meta["source"] == "calib_data/wiki_test.txt"
+    with pytest.raises(UserError, match="--split all applies to a local file"):
+        data.eval_windows(tok, "builtin", 64, split="all")
+    with pytest.raises(UserError, match="--split must be one of all, test"):
+        data.eval_windows(tok, "builtin", 64, split="calib")
+
+
+def test_a_one_document_file_can_be_scored_whole(tok, tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text(" ".join(WORDS * 5), encoding="utf-8")
+    windows, meta = data.eval_windows(tok, str(path), 8)
+    assert meta["documents"] == 1 and windows.shape[0] >= 1
+    with pytest.raises(UserError, match="needs at least 2"):
+        data.eval_windows(tok, str(path), 8, split="test")
 
 
 def test_eval_windows_never_add_special_tokens(tok, txt_file):

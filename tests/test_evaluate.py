@@ -114,7 +114,8 @@ def test_evaluate_records_the_protocol(tok, txt_file):
     assert res["ppl"] == pytest.approx(brute_force_ppl(model, windows), rel=1e-5)
     assert res["n_windows"] == 3 and res["partial"] is True
     assert res["label"] == f"partial (3/{meta['total_windows']} windows)"
-    assert res["dataset"] == "corpus.txt" and res["split"] == "test"
+    assert res["dataset"] == "corpus.txt" and res["split"] == "all"   # a user file: scored whole
+    assert res["documents"] == res["documents_in_file"] == 30
     assert res["dtype"] == "float32" and res["elapsed_s"] >= 0
     assert res["tokenizer"] and res["revision"].startswith("sha256:")
 

@@ -33,7 +33,7 @@ def test_report_and_layout(smollm2_run):
     rep = json.loads((smollm2_run / "report.json").read_text())
     assert len(rep["modules"]) == 30 * 7
     t = rep["totals"]["targets"]
-    # 3-bit codes + fp16 scales/zeros per 64 + a rank-16 fp32 path: well under 16 bits/weight
+    # 3-bit codes + fp16 scales/zeros per 64 + a rank-16 bf16 path: well under 16 bits/weight
     assert 3.0 < t["bits_per_weight"] < 8.0
     assert rep["eval"][0]["partial"] and rep["eval"][0]["n_windows"] == 2
     assert all(r["output_rel_err"] < 0.5 for r in rep["modules"])

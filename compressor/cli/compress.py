@@ -39,11 +39,24 @@ def _print_summary(report: dict[str, Any], output: Path) -> None:
         tab.add_row(k, f"{b['bytes_before'] / 2**20:.1f} MiB", f"{b['bytes_after'] / 2**20:.1f} MiB",
                     f"{b['bits_per_weight']:.3f}")
     console.print(tab)
+    split = t["targets"].get("bits_split") or {}
+    if split:
+        names = {"codes": "codes", "scales": "scales", "lowrank": "low-rank"}
+        terms = " + ".join(f"{names.get(k, k)} {v:.3f}" for k, v in split.items())
+        console.print(f"bits/weight (targets) {t['targets']['bits_per_weight']:.3f} = {terms}")
+    from compressor.core.pipeline import numerics_lines
+    for line in numerics_lines(report.get("numerics") or {}):
+        console.print(f"numerics {line}  [dim](per module: -v, report.md)[/]")
     before = {e["dataset"]: e["ppl"] for e in ((report.get("heal") or {}).get("eval_before") or [])}
     for e in report.get("eval") or []:
-        part = f" (partial: {e['n_windows']} windows)" if e.get("partial") else ""
+        part = f" (partial: {e['n_windows']} of {e.get('total_windows', '?')} windows)" if e.get("partial") else ""
+        dense = f", dense {e['dense_ppl']:.3f} on the same windows" if "dense_ppl" in e else ""
         healed = f" (before heal: {before[e['dataset']]:.3f})" if e["dataset"] in before else ""
-        console.print(f"perplexity {e['dataset']}: [bold]{e['ppl']:.3f}[/]{part}{healed}")
+        console.print(f"perplexity {e['dataset']} ({e.get('split', '')}): [bold]{e['ppl']:.3f}[/]"
+                      f"{dense}{part}{healed}")
+    if report.get("tasks"):
+        from .evaluate import tasks_table
+        console.print(tasks_table(report["tasks"], "tasks (lm-eval)"))
     missed = [e for e in report.get("expect", []) if not e["ok"]]
     for e in report.get("expect", []):
         mark = "[green]✓[/]" if e["ok"] else "[red]✗[/]"
@@ -105,6 +118,9 @@ def compress(
                                                 help="written dtype: auto (the checkpoint's) | float32 | float16 | bfloat16"),
     eval_: list[str] = typer.Option([], "--eval", help="evaluate the result on these datasets"),
     eval_windows: Optional[int] = typer.Option(None, "--eval-windows", help="score only this many windows (partial)"),
+    eval_tasks: list[str] = typer.Option([], "--eval-tasks", help="lm-eval tasks run on the result (comma separated names or YAML paths)"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="examples per task (quick, partial)"),
+    eval_dense: bool = typer.Option(False, "--eval-dense", help="also evaluate the uncompressed model on the same windows/tasks"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder (only an earlier svdc output or an empty folder)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
@@ -137,6 +153,10 @@ def compress(
         data["eval"] = {**(data.get("eval") or {}), "datasets": list(eval_)}
     if eval_windows is not None:
         data["eval"] = {**(data.get("eval") or {"datasets": ["builtin"]}), "max_windows": eval_windows}
+    tasks = [t.strip() for v in eval_tasks for t in v.split(",") if t.strip()]
+    for key, value in (("tasks", tasks or None), ("task_limit", eval_limit), ("dense", eval_dense or None)):
+        if value is not None:
+            data["eval"] = {**(data.get("eval") or {"datasets": ["builtin"]}), key: value}
     if output is None:
         names = "-".join(str(s.get("method")) for s in data["stages"] if isinstance(s, dict))
         output = Path(data.get("output") or Path("out") / f"{Path(model).name}-{names}")

@@ -1,52 +1,111 @@
-"""svdc eval: perplexity of an svdc output or any model MODEL names."""
+"""svdc eval: perplexity and zero-shot tasks of an svdc output or any model MODEL names."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from compressor.console import RichProgress, console
+from compressor.console import RichProgress, console, is_verbose, quiet_third_party
+from compressor.errors import UserError
 
 from .app import app
 
 
+def _split_tasks(values: list[str]) -> list[str]:
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
 @app.command("eval")
 def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or any MODEL `compress` takes"),
-             dataset: list[str] = typer.Option(["builtin"], "--dataset", "-d", help="wikitext2 | c4 | builtin | PATH"),
+             dataset: list[str] = typer.Option([], "--dataset", "-d",
+                                               help="wikitext2 | c4 | builtin | PATH (default builtin, unless only --tasks)"),
+             split: Optional[str] = typer.Option(None, "--split",
+                                                 help="all | test: a local file whole (default) or its held-out 10%; builtin/wikitext2/c4 always test"),
              seqlen: int = typer.Option(2048, help="window length (capped by the model's context)"),
              max_windows: Optional[int] = typer.Option(None, "--max-windows", help="quick partial run"),
+             tasks: list[str] = typer.Option([], "--tasks", "-t",
+                                             help="lm-eval tasks, comma separated: names (arc_easy, hellaswag, ...) or task YAML paths"),
+             limit: Optional[int] = typer.Option(None, "--limit", help="examples per task (quick, labelled partial)"),
+             batch_size: int = typer.Option(8, "--batch-size", help="batch size of the task runs"),
+             num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="few-shot examples (default: the task's own, usually 0)"),
              device: str = typer.Option("auto"),
              dtype: str = typer.Option("auto"),
              as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
              no_verify: bool = typer.Option(False, "--no-verify", help="skip the sha256 check of an svdc output's weights"),
              trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                                     help="run Python code shipped in the model folder; only for folders you trust")) -> None:
-    """Perplexity with the GPTQ protocol (non-overlapping windows, no special tokens)."""
+    """Perplexity with the GPTQ protocol (non-overlapping windows, no special tokens) and,
+    with --tasks, lm-evaluation-harness tasks run on the model as svdc loaded it."""
     from compressor.evaluate import evaluate
     from compressor.models import resolve_device
+    task_list = _split_tasks(tasks)
+    if limit is not None and not task_list:
+        raise UserError("--limit applies to --tasks; for perplexity use --max-windows.")
+    datasets = list(dataset) or ([] if task_list else ["builtin"])
+    if task_list:
+        from compressor.tasks import _lm_eval
+        _lm_eval()                       # a missing extra fails before the model loads
     dev = resolve_device(device)
     model_obj, tok = load_any(model, dtype, verify=not no_verify, trust_remote_code=trust_remote_code)
     model_obj.to(dev)
     results = []
-    with RichProgress() as progress:
-        for ds in dataset:
-            from compressor.api import _progress_fn
-            results.append(evaluate(model_obj, tok, ds, seqlen, max_windows=max_windows, device=str(dev),
-                                    progress=_progress_fn(progress, f"eval {ds}")))
+    if datasets:
+        with RichProgress() as progress:
+            for ds in datasets:
+                from compressor.api import _progress_fn
+                results.append(evaluate(model_obj, tok, ds, seqlen, max_windows=max_windows, device=str(dev),
+                                        split=split, progress=_progress_fn(progress, f"eval {ds}")))
+    task_res = None
+    if task_list:
+        from compressor.tasks import run_tasks
+        if not is_verbose():
+            quiet_third_party()
+        console.print(f"running {len(task_list)} task(s) with lm-eval"
+                      + (f", {limit} examples each (partial)" if limit else "") + " ...")
+        task_res = run_tasks(model_obj, tok, task_list, limit=limit, batch_size=batch_size,
+                             num_fewshot=num_fewshot)
     if as_json:
-        print(json.dumps(results if len(results) > 1 else results[0], indent=1, default=str))
+        if task_res is None:
+            print(json.dumps(results if len(results) > 1 else results[0], indent=1, default=str))
+        else:
+            print(json.dumps({"model": model, "perplexity": results, "tasks": task_res},
+                             indent=1, default=str))
         return
-    tab = Table(title=f"perplexity: {model}")
+    if results:
+        console.print(ppl_table(results, f"perplexity: {model}"))
+    if task_res is not None:
+        console.print(tasks_table(task_res, f"tasks: {model}"))
+
+
+def ppl_table(results: list[dict[str, Any]], title: str) -> Table:
+    tab = Table(title=title)
     for c in ("dataset", "split", "seqlen", "windows", "ppl", "partial"):
         tab.add_column(c)
     for r in results:
         tab.add_row(r["dataset"], str(r.get("split", "")), str(r["seqlen"]), str(r["n_windows"]), f"{r['ppl']:.3f}",
                     f"yes ({r['n_windows']} of {r.get('total_windows', '?')})" if r.get("partial") else "no")
-    console.print(tab)
+    return tab
+
+
+def tasks_table(res: dict[str, Any], title: str) -> Table:
+    tab = Table(title=title)
+    for c in ("task", "acc", "acc_norm", "examples", "partial"):
+        tab.add_column(c)
+
+    def fmt(row, key):
+        v = row["metrics"].get(key)
+        if v is None:
+            return ""
+        se = row["stderr"].get(key)
+        return f"{v:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+    for row in res["tasks"]:
+        tab.add_row(row["task"], fmt(row, "acc"), fmt(row, "acc_norm"), str(row["n_examples"]),
+                    f"yes ({row['n_examples']} of {row['total_examples']})" if row["partial"] else "no")
+    return tab
 
 
 def load_any(spec: str, dtype: str = "auto", verify: bool = True, trust_remote_code: bool = False):

