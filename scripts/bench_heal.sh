@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Heal rows of BENCH_HEAL.md: the benchmark matrix's protocol (SmolLM2-135M fp32 on CPU, 8x512
+# Heal rows of BENCHMARKS.md (Heal): the benchmark matrix's protocol (SmolLM2-135M fp32 on CPU, 8x512
 # builtin calibration tokens, seed 0, the first 16 windows of 512 tokens of the builtin held-out
 # split) plus a heal stage of 50 steps on 50 disjoint calibration-split windows of 256 tokens.
 # Each run reports the perplexity before heal (the row without heal) and after it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Markdown rows for BENCH_HEAL.md from the reports scripts/bench_heal.sh wrote."""
+"""Markdown rows for BENCHMARKS.md (Heal) from the reports scripts/bench_heal.sh wrote."""
 
 from __future__ import annotations
 

@@ -271,7 +271,7 @@ def test_method_factors_a_shared_gram_once(monkeypatch) -> None:
 
 
 def test_defaults_are_the_measured_best() -> None:
-    """The shipped defaults (BENCH_GPTQ.md): act-order with a Hessian-weighted range search."""
+    """The shipped defaults (BENCHMARKS.md, GPTQ): act-order with a Hessian-weighted range search."""
     cfg = get_method("gptq").Config()
     assert cfg.act_order and cfg.mse_grid > 0 and cfg.mse_weighted and not cfg.sym
     assert cfg.percdamp == 0.01
