@@ -6,6 +6,7 @@ report is computed the same way. No UI here: the CLI passes ``progress(done, tot
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from compressor.data import eval_windows
 from compressor.errors import UserError
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger("svdc")
+
 _CE_CHUNK = 1024      # positions per cross-entropy call: bounds the fp32 copy of the logits
 
 
@@ -92,6 +95,8 @@ def evaluate(model, tokenizer, dataset: str, seqlen: int, max_windows: int | Non
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if max_pos is not None and seqlen > max_pos:
         seqlen = int(max_pos)
+        log.warning("eval windows shortened from %d to the model's context, %d tokens "
+                    "(the result records both)", requested, seqlen)
     windows, meta = eval_windows(tokenizer, dataset, seqlen, max_windows=max_windows, split=split)
     t0 = time.perf_counter()
     result = perplexity(model, windows, device, batch_size=batch_size, progress=progress)

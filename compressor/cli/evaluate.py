@@ -56,7 +56,7 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
     if datasets:
         with RichProgress() as progress:
             for ds in datasets:
-                from compressor.api import _progress_fn
+                from compressor.run_eval import _progress_fn
                 results.append(evaluate(model_obj, tok, ds, seqlen, max_windows=max_windows, device=str(dev),
                                         split=split, progress=_progress_fn(progress, f"eval {ds}")))
     task_res = None

@@ -149,31 +149,10 @@ def sequential_compress(
             records.extend(done)
             progress.advance("layers", 0, f"{note} resumed")
         else:
-            progress.advance("layers", 0, f"{note} calibrate")
-            t = time.perf_counter()
-            layer_stats = calibrate_layer(layer, targets, hidden, kw, device, want_absmean,
-                                          dist=dist, what=f"layer {i}")
-            times["calibrate"] += time.perf_counter() - t
-            progress.advance("layers", 0, f"{note} compress")
-            t = time.perf_counter()
-            layer_records = []
-            owner = dist.assign(targets) if dist is not None and dist.active else None
-            with _guard(dist, f"the compression of layer {i}"):
-                for rel, linear in targets.items():
-                    if owner is not None and owner[rel] != dist.rank:
-                        continue  # another rank's share
-                    full = prefix + rel
-                    stats = with_gradients(layer_stats.pop(rel), (grad_stats or {}).get(full), device)
-                    module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
-                                                  device, seed, storage_dtype)
-                    set_submodule(layer, rel, module)
-                    layer_records.append(rec)
-                    _log_numerics(rec)
-            if owner is not None:  # --- distributed: every rank gets every module
-                rows = dist.share_modules(layer, owner, {r.name[len(prefix):]: r for r in layer_records},
-                                          device, f"layer {i}")
-                layer_records = [rows[rel] for rel in targets]
-            times["compress"] += time.perf_counter() - t
+            layer_records = compress_layer(
+                i, layer, targets, prefix, hidden, kw, stages, device, seed, want_absmean,
+                grad_stats, storage_dtype, dist, kind_of, times, lambda what: progress.advance(
+                    "layers", 0, f"{note} {what}"))
             if resume is not None:
                 resume.save_layer(i, layer, layer_records, list(targets))
             records.extend(layer_records)
@@ -194,6 +173,43 @@ def sequential_compress(
         move_all_but_layers(model, layers_path, "cpu")
     model.train(model_was_training)
     return SequentialResult(records=records, stage_seconds=times)
+
+
+def compress_layer(i: int, layer: nn.Module, targets: dict[str, nn.Module], prefix: str,
+                   hidden: list[torch.Tensor], kw: dict[str, Any], stages: list[Stage],
+                   device: torch.device, seed: int, want_absmean: bool,
+                   grad_stats: dict[str, dict[str, torch.Tensor]] | None,
+                   storage_dtype: torch.dtype | None, dist: Any | None,
+                   kind_of: Callable[[str], str], times: dict[str, float],
+                   say: Callable[[str], None]) -> list[ModuleRecord]:
+    """Calibrate layer i's targets, then compress each (this rank's share, with ranks) in
+    place; returns the report rows in target order."""
+    say("calibrate")
+    t = time.perf_counter()
+    layer_stats = calibrate_layer(layer, targets, hidden, kw, device, want_absmean,
+                                  dist=dist, what=f"layer {i}")
+    times["calibrate"] += time.perf_counter() - t
+    say("compress")
+    t = time.perf_counter()
+    layer_records = []
+    owner = dist.assign(targets) if dist is not None and dist.active else None
+    with _guard(dist, f"the compression of layer {i}"):
+        for rel, linear in targets.items():
+            if owner is not None and owner[rel] != dist.rank:
+                continue  # another rank's share
+            full = prefix + rel
+            stats = with_gradients(layer_stats.pop(rel), (grad_stats or {}).get(full), device)
+            module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
+                                          device, seed, storage_dtype)
+            set_submodule(layer, rel, module)
+            layer_records.append(rec)
+            _log_numerics(rec)
+    if owner is not None:  # --- distributed: every rank gets every module
+        rows = dist.share_modules(layer, owner, {r.name[len(prefix):]: r for r in layer_records},
+                                  device, f"layer {i}")
+        layer_records = [rows[rel] for rel in targets]
+    times["compress"] += time.perf_counter() - t
+    return layer_records
 
 
 def calibrate_layer(layer: nn.Module, targets: dict[str, nn.Module], hidden: list[torch.Tensor],
