@@ -10,7 +10,7 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-PPL_RECORDED = 0.0  # set below from a run
+PPL_RECORDED = 115.0705  # one run: torch 2.13.0, CPU, bf16 conversion (see test_report_and_layout)
 
 
 @pytest.fixture(scope="module")
