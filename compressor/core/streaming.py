@@ -175,9 +175,8 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     from transformers import AutoConfig, AutoTokenizer
 
     from compressor import __version__
-    from compressor.accounting import totals, written_entries
+    from compressor.accounting import bits_split, totals, written_entries
     from compressor.atomic import atomic_dir, check_output
-    from compressor.checkpoint.save import FORMAT, FORMAT_VERSION, INDEX
     from compressor.core.gradients import GRAD_STATS
     from compressor.core.pipeline import sequential_compress
     from compressor.core.stages import Stage, stage_needs
@@ -218,16 +217,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
                     for rel in target_linears(layer, include=inc, exclude=exc)]
     if not target_names:
         raise UserError(f"no linear layers matched the target patterns include={inc} exclude={exc}")
-    shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in target_names}
-    elt = torch.empty((), dtype=dtype).element_size()
-    before_targets = (sum(a * b for a, b in shapes.values()),
-                      sum(a * b for a, b in shapes.values()) * elt)
-    seen, n_all = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n_all += p.numel()
-    before_model = (n_all, n_all * elt)
+    shapes, before_targets, before_model = _footprint(model, target_names, dtype)
 
     cal = recipe.calibration
     seqlen = min(cal.seqlen, getattr(config, "max_position_embeddings", cal.seqlen) or cal.seqlen)
@@ -251,36 +241,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
             kind_of=linear_kind, windows=windows, stages=stages, needs=needs, device=device,
             seed=cal.seed, grad_stats=grad_stats, progress=progress, resume=None,
             storage_dtype=storage_dtype, layer_io=stream)
-        # everything outside the layers, tied weights once
-        prefix = layers_path + "."
-        rest, aliases, seen_ptr = {}, {}, {}
-        for k, t in model.state_dict().items():
-            if k.startswith(prefix):
-                continue
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-            if key in seen_ptr:
-                aliases[k] = seen_ptr[key]
-                continue
-            seen_ptr[key] = k
-            rest[k] = (t.detach().to(storage_dtype) if t.is_floating_point() else t).contiguous()
-        persistent = set(_persistent_keys(model))
-        rest = {k: v for k, v in rest.items() if k in persistent}
-        save_file(rest, str(tmp / "model-outside.safetensors"), metadata={"format": "pt"})
-        weight_map = {**stream.weight_map, **{k: "model-outside.safetensors" for k in rest}}
-        total = stream.total_bytes + sum(t.numel() * t.element_size() for t in rest.values())
-        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
-                                             "weight_map": weight_map}, indent=1))
-        cfg = config.to_dict()
-        cfg["dtype"] = str(storage_dtype).removeprefix("torch.")
-        cfg.pop("torch_dtype", None)
-        cfg["compression_config"] = {"format": FORMAT, "version": FORMAT_VERSION,
-                                     "dtype": str(storage_dtype).removeprefix("torch."),
-                                     "modules": stream.specs, "tied_aliases": aliases,
-                                     "streamed": True}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
-        tokenizer.save_pretrained(tmp)
-        from compressor.recipe import dump_recipe
-        (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+        _write_outside(model, layers_path, tmp, stream, storage_dtype, config, tokenizer, recipe)
         report = {"svdc_version": __version__, "command": command, "streamed": True,
                   "recipe": recipe.model_dump(mode="json"), "device": str(device),
                   "dtype": str(dtype).removeprefix("torch."),
@@ -292,8 +253,66 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
                   "stage_seconds": {**{f"layers.{k}": v for k, v in result.stage_seconds.items()},
                                     "total": time.perf_counter() - t_start},
                   "versions": versions(), "machine": machine(device)}
+        report["totals"]["targets"]["bits_split"] = bits_split(tmp, target_names,
+                                                               before_targets[0])
         (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def _write_outside(model: nn.Module, layers_path: str, tmp: Path, stream: Any,
+                   storage_dtype: torch.dtype, config: Any, tokenizer: Any, recipe: Any) -> None:
+    """Everything but the streamed layers: the tensors outside them (tied weights once), the
+    shard index, config.json with the compression_config, tokenizer and recipe."""
+    from compressor.checkpoint.save import FORMAT, FORMAT_VERSION, INDEX
+    from compressor.checkpoint.verify import HASHES, weight_hashes
+    from compressor.recipe import dump_recipe
+    prefix = layers_path + "."
+    rest, aliases, seen_ptr = {}, {}, {}
+    for k, t in model.state_dict().items():
+        if k.startswith(prefix):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen_ptr:
+            aliases[k] = seen_ptr[key]
+            continue
+        seen_ptr[key] = k
+        rest[k] = (t.detach().to(storage_dtype) if t.is_floating_point() else t).contiguous()
+    persistent = set(_persistent_keys(model))
+    rest = {k: v for k, v in rest.items() if k in persistent}
+    save_file(rest, str(tmp / "model-outside.safetensors"), metadata={"format": "pt"})
+    weight_map = {**stream.weight_map, **{k: "model-outside.safetensors" for k in rest}}
+    total = stream.total_bytes + sum(t.numel() * t.element_size() for t in rest.values())
+    (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                         "weight_map": weight_map}, indent=1))
+    cfg = config.to_dict()
+    cfg["dtype"] = str(storage_dtype).removeprefix("torch.")
+    cfg.pop("torch_dtype", None)
+    cfg["compression_config"] = {"format": FORMAT, "version": FORMAT_VERSION,
+                                 "dtype": str(storage_dtype).removeprefix("torch."),
+                                 "modules": stream.specs, "tied_aliases": aliases,
+                                 "streamed": True,
+                                 HASHES: weight_hashes(tmp, sorted(set(weight_map.values())))}
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    tokenizer.save_pretrained(tmp)
+    (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+
+
+def _footprint(model: nn.Module, target_names: list[str], dtype: torch.dtype
+               ) -> tuple[dict[str, tuple[int, int]], tuple[int, int], tuple[int, int]]:
+    """Target shapes and the (params, bytes) of the targets and of the whole model, from the
+    meta skeleton (nothing is read)."""
+    shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in target_names}
+    elt = torch.empty((), dtype=dtype).element_size()
+    before_targets = (sum(a * b for a, b in shapes.values()),
+                      sum(a * b for a, b in shapes.values()) * elt)
+    seen, n_all = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n_all += p.numel()
+    before_model = (n_all, n_all * elt)
+
+    return shapes, before_targets, before_model
 
 
 def _persistent_keys(model: nn.Module) -> list[str]:
