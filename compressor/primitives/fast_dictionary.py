@@ -13,7 +13,11 @@ from typing import Any
 import torch
 
 from compressor.primitives.ksvd import _initial_dictionary
-from compressor.primitives.sparse_coding import DEFAULT_MAX_ELEMS, batch_omp
+from compressor.primitives.sparse_coding import (
+    DEFAULT_MAX_ELEMS,
+    batch_omp,
+    check_dictionary_problem,
+)
 
 
 def fast_ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator, *,
@@ -54,13 +58,7 @@ def fast_ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Gene
     start's, float64), "best_iter" (0 = the warm start), "iters" (run), "replaced_atoms"
     (always 0 here)}.
     """
-    if Y.ndim != 2:
-        raise ValueError(f"Y must be (d, N), got shape {tuple(Y.shape)}")
-    d, N = Y.shape
-    if not 1 <= s <= k:
-        raise ValueError(f"sparsity s={s} must be in 1..k={k}")
-    if s > d:
-        raise ValueError(f"sparsity s={s} exceeds the signal dimension d={d}")
+    d, N = check_dictionary_problem(Y, k, s)
     if coding not in ("threshold", "omp"):
         raise ValueError(f"coding must be 'threshold' or 'omp', got {coding!r}")
     Y64 = Y.detach().to(torch.float64)

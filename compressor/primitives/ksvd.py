@@ -10,6 +10,7 @@ from compressor.primitives.sparse_coding import (
     DEFAULT_MAX_ELEMS,
     DUPLICATE_COS,
     batch_omp,
+    check_dictionary_problem,
     dense_codes,
     ls_on_support,
     residual_norms,
@@ -39,13 +40,7 @@ def ksvd(Y: torch.Tensor, k: int, s: int, iters: int, generator: torch.Generator
     The final codes are, per signal, the better of a fresh OMP and a least-squares refit
     on the last sweep's support, so they are never worse than what the last sweep left.
     """
-    if Y.ndim != 2:
-        raise ValueError(f"Y must be (d, N), got shape {tuple(Y.shape)}")
-    d, N = Y.shape
-    if not 1 <= s <= k:
-        raise ValueError(f"sparsity s={s} must be in 1..k={k}")
-    if s > d:
-        raise ValueError(f"sparsity s={s} exceeds the signal dimension d={d}")
+    d, N = check_dictionary_problem(Y, k, s)
     Y64 = Y.detach().to(torch.float64)
     if not bool(torch.isfinite(Y64).all()):
         raise ValueError("K-SVD input has NaN/Inf entries")

@@ -32,6 +32,19 @@ REFINE_STEPS = 1
 REFINE_TOL = 1e-9
 
 
+def check_dictionary_problem(Y: torch.Tensor, k: int, s: int) -> tuple[int, int]:
+    """(d, N) of Y after the checks every dictionary learner shares: Y is (d, N) and
+    1 <= s <= min(k, d)."""
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be (d, N), got shape {tuple(Y.shape)}")
+    d, N = Y.shape
+    if not 1 <= s <= k:
+        raise ValueError(f"sparsity s={s} must be in 1..k={k}")
+    if s > d:
+        raise ValueError(f"sparsity s={s} exceeds the signal dimension d={d}")
+    return d, N
+
+
 def batch_omp(D: torch.Tensor, Y: torch.Tensor, s: int, *, block: int = 1,
               max_elems: int = DEFAULT_MAX_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
     """s-sparse codes of every column of Y over the unit-norm atoms of D, all at once.
