@@ -5,7 +5,6 @@ The CLI and the scripts call this; nothing here parses flags or prints.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from compressor.errors import UserError
 from compressor.progress import ProgressSink
 from compressor.recipe import Recipe
 from compressor.safety.guard import guarded_output, inputs_of
-
-log = logging.getLogger("svdc")
 
 
 @dataclass

@@ -8,7 +8,8 @@ config object is its API: validated once (in the recipe) and handed to compress(
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -74,35 +75,23 @@ class Method:
             previous: CompressedLinear | None = None) -> Compressed:
         """compress() with the math layer's plain ValueErrors (a rank that does not fit, a
         budget that cannot be met) turned into one-line user errors naming the module."""
-        try:
+        with _user_errors(f"{self.name} on {target.name}"):
             return self.compress(target, cfg, previous)
-        except UserError:
-            raise
-        except ValueError as e:
-            raise UserError(f"{self.name} on {target.name}: {e}") from e
 
     def run_plan(self, weights: Mapping[str, torch.Tensor], cfg: MethodConfig,
                  fisher: dict[str, torch.Tensor] | None = None,
                  dtype: torch.dtype = torch.float16,
                  measures: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """plan() with plain ValueErrors turned into user errors, as run() does."""
-        try:
+        with _user_errors(self.name):
             if measures is None:
                 return self.plan(weights, cfg, fisher, dtype)
             return self.plan(weights, cfg, fisher, dtype, measures=measures)
-        except UserError:
-            raise
-        except ValueError as e:
-            raise UserError(f"{self.name}: {e}") from e
 
     def run_plan_measure(self, target: Target, cfg: MethodConfig) -> Any:
         """plan_measure() with plain ValueErrors turned into user errors naming the module."""
-        try:
+        with _user_errors(f"{self.name} (plan) on {target.name}"):
             return self.plan_measure(target, cfg)
-        except UserError:
-            raise
-        except ValueError as e:
-            raise UserError(f"{self.name} (plan) on {target.name}: {e}") from e
 
     def needs_for(self, cfg: MethodConfig) -> frozenset[str]:
         """The statistics this configuration reads (default: the class's ``needs``)."""
@@ -116,3 +105,15 @@ def require_stat(target: Target, stat: str) -> torch.Tensor:
         raise MissingStatistic(f"{target.name}: statistic {stat!r} was not collected; give the "
                                f"stage calibration data (or gradients) that provide it")
     return value
+
+
+@contextmanager
+def _user_errors(where: str) -> Iterator[None]:
+    """The math layer's plain ValueErrors (a rank that does not fit, a budget that cannot be
+    met) as one-line user errors prefixed with ``where``; user errors pass through."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from e
