@@ -35,6 +35,8 @@ def main() -> int:
     p.add_argument("--compressed-out", required=True)
     p.add_argument("--json", required=True)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--actorder", choices=["none", "static", "group", "weight"], default="none",
+                   help="llm-compressor's actorder (its library default is static)")
     a = p.parse_args()
     out: dict = {"status": "error"}
     t_all = time.perf_counter()
@@ -63,14 +65,15 @@ def main() -> int:
         out["load_seconds"] = time.perf_counter() - t
         scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
             num_bits=a.bits, type="int", symmetric=False, strategy="group", group_size=a.group_size))
-        # Same knobs as svdc's gptq defaults: damping 1% of the mean diagonal, blocks of 128
-        # columns, no activation ordering, lm_head left alone.
+        # Same knobs as svdc's gptq: damping 1% of the mean diagonal, blocks of 128 columns,
+        # lm_head left alone; activation ordering as asked (None = off).
+        actorder = None if a.actorder == "none" else a.actorder
         out["recipe"] = {"bits": a.bits, "group_size": a.group_size, "symmetric": False,
-                         "block_size": 128, "dampening_frac": 0.01, "actorder": None,
+                         "block_size": 128, "dampening_frac": 0.01, "actorder": actorder,
                          "ignore": ["lm_head"], "nsamples": int(n), "seqlen": int(seqlen)}
         for bypass in (False, True):
             recipe = GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], block_size=128,
-                                  dampening_frac=0.01, actorder=None, bypass_divisibility_checks=bypass)
+                                  dampening_frac=0.01, actorder=actorder, bypass_divisibility_checks=bypass)
             t = time.perf_counter()
             try:
                 oneshot(model=model, tokenizer=tok, dataset=ds, recipe=recipe, max_seq_length=int(seqlen),

@@ -159,6 +159,10 @@ def main() -> int:
     p.add_argument("--also-try-group-size", type=int, nargs="*", default=[128],
                    help="first try llmcompressor at these group sizes and record whether it works")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--peer-actorder", nargs="+", default=["none", "static"],
+                   choices=["none", "static", "group", "weight"],
+                   help="run llm-compressor once per actorder (none: as the first side-by-side; "
+                        "static: its library default)")
     p.add_argument("--venv", default=str(ROOT / "bench_out" / "venvs" / "llmcompressor"))
     p.add_argument("--work", default=str(ROOT / "bench_out" / "peer"))
     p.add_argument("--out", default=str(ROOT / "benchmarks"))
@@ -225,36 +229,44 @@ def main() -> int:
                       Path(str(t) + ".log"), Path(str(t) + ".json"), env)
         result["attempts"][f"group_size {gs}"] = {k: m.get(k) for k in ("status", "error", "divisibility_error",
                                                                          "oneshot_seconds", "child_wall_seconds")}
-    if result["install"]["status"] == "ok":
-        print("[peer] llmcompressor GPTQ ...", flush=True)
+    peers = []
+    for order in a.peer_actorder:
+        name = "llmcompressor gptq" + ("" if order == "none" else f" actorder={order}")
+        peers.append(name)
+        if result["install"]["status"] != "ok":
+            models[name] = {"kind": "llmcompressor", "status": "error",
+                            "error": "install failed: " + result["install"]["error"]}
+            continue
+        print(f"[peer] {name} ...", flush=True)
+        tag = "llmc" if order == "none" else f"llmc-{order}"
         m = run_child([str(venv / "bin" / "python"), str(ROOT / "scripts" / "peer_llmc_worker.py"),
                        "--model", folder, "--windows", str(work / "calib_windows.safetensors"),
-                       "--bits", str(a.bits), "--group-size", str(a.group_size),
-                       "--dense-out", str(work / "llmc-dense"), "--compressed-out", str(work / "llmc-compressed"),
-                       "--json", str(work / "llmc.json"), *thr], work / "llmc.log", work / "llmc.json", env)
+                       "--bits", str(a.bits), "--group-size", str(a.group_size), "--actorder", order,
+                       "--dense-out", str(work / f"{tag}-dense"),
+                       "--compressed-out", str(work / f"{tag}-compressed"),
+                       "--json", str(work / f"{tag}.json"), *thr],
+                      work / f"{tag}.log", work / f"{tag}.json", env)
         m["kind"] = "llmcompressor"
-        models["llmcompressor gptq"] = m
-    else:
-        models["llmcompressor gptq"] = {"kind": "llmcompressor", "status": "error",
-                                        "error": "install failed: " + result["install"]["error"]}
+        models[name] = m
     print("[peer] evaluating ...", flush=True)
     evaluate_all(matrix, models, a.threads)
     for m in models.values():
         m["compress_seconds"] = compress_seconds(m)
         m["peak_rss"] = m.get("peak_rss_bytes")
-    peer = models["llmcompressor gptq"]
-    ratios = {}
-    for name, m in models.items():
-        if m["kind"] != "svdc" or peer.get("status") != "ok" or m.get("status") != "ok":
-            continue
-        r = {}
-        if m.get("compress_seconds") and peer.get("compress_seconds"):
-            r["time_svdc_over_llmc"] = m["compress_seconds"] / peer["compress_seconds"]
-        if m.get("peak_rss") and peer.get("peak_rss"):
-            r["peak_rss_svdc_over_llmc"] = m["peak_rss"] / peer["peak_rss"]
-        if m.get("ppl") and peer.get("ppl"):
-            r["ppl_svdc_over_llmc"] = m["ppl"] / peer["ppl"]
-        ratios[name] = r
+    ratios: dict[str, dict[str, float]] = {}
+    for pname in peers:
+        peer = models[pname]
+        for name, m in models.items():
+            if m["kind"] != "svdc" or peer.get("status") != "ok" or m.get("status") != "ok":
+                continue
+            r = {}
+            if m.get("compress_seconds") and peer.get("compress_seconds"):
+                r["time_svdc_over_llmc"] = m["compress_seconds"] / peer["compress_seconds"]
+            if m.get("peak_rss") and peer.get("peak_rss"):
+                r["peak_rss_svdc_over_llmc"] = m["peak_rss"] / peer["peak_rss"]
+            if m.get("ppl") and peer.get("ppl"):
+                r["ppl_svdc_over_llmc"] = m["ppl"] / peer["ppl"]
+            ratios[f"{name} / {pname}"] = r
     result.update(models=models, ratios=ratios, total_seconds=time.perf_counter() - t0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

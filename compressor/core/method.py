@@ -97,6 +97,11 @@ class Method:
         """The statistics this configuration reads (default: the class's ``needs``)."""
         return self.needs
 
+    def true_sequential(self, cfg: MethodConfig) -> bool:
+        """True when this configuration wants each group of a layer's linears (q/k/v, o,
+        gate/up, down) calibrated on the outputs of the groups compressed before it."""
+        return False
+
 
 def require_stat(target: Target, stat: str) -> torch.Tensor:
     """The named statistic of the target, or MissingStatistic naming it and the fix."""

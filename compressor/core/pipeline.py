@@ -183,15 +183,47 @@ def compress_layer(i: int, layer: nn.Module, targets: dict[str, nn.Module], pref
                    kind_of: Callable[[str], str], times: dict[str, float],
                    say: Callable[[str], None]) -> list[ModuleRecord]:
     """Calibrate layer i's targets, then compress each (this rank's share, with ranks) in
-    place; returns the report rows in target order."""
+    place; returns the report rows in target order.
+
+    True-sequential (a stage asks for it, e.g. GPTQ's ``true_sequential``): the targets are
+    compressed in groups of linears fed the same input, in execution order (q/k/v, o,
+    gate/up, down on Llama), and each group after the first is recalibrated on the outputs
+    of the groups already compressed, so o_proj's statistics come from the quantized q/k/v.
+    """
     say("calibrate")
     t = time.perf_counter()
-    layer_stats = calibrate_layer(layer, targets, hidden, kw, device, want_absmean,
-                                  dist=dist, what=f"layer {i}")
+    layer_stats, groups = calibrate_groups(layer, targets, hidden, kw, device, want_absmean,
+                                           dist=dist, what=f"layer {i}")
     times["calibrate"] += time.perf_counter() - t
-    say("compress")
-    t = time.perf_counter()
-    layer_records = []
+    if not any(s.method.true_sequential(s.cfg) for s in stages):
+        groups = [list(targets)]
+    rows: dict[str, ModuleRecord] = {}
+    for g, group in enumerate(groups):
+        if g > 0:
+            say(f"calibrate {group[0]} (true-sequential)")
+            t = time.perf_counter()
+            layer_stats.update(calibrate_layer(
+                layer, {rel: targets[rel] for rel in group}, hidden, kw, device, want_absmean,
+                dist=dist, what=f"layer {i}", stop_after=group[-1]))
+            times["calibrate"] += time.perf_counter() - t
+        say("compress")
+        t = time.perf_counter()
+        rows.update(_compress_group(i, layer, {rel: targets[rel] for rel in group}, prefix,
+                                    layer_stats, stages, device, seed, grad_stats,
+                                    storage_dtype, dist, kind_of))
+        times["compress"] += time.perf_counter() - t
+    return [rows[rel] for rel in targets]
+
+
+def _compress_group(i: int, layer: nn.Module, targets: dict[str, nn.Module], prefix: str,
+                    layer_stats: dict[str, LinearStats], stages: list[Stage],
+                    device: torch.device, seed: int,
+                    grad_stats: dict[str, dict[str, torch.Tensor]] | None,
+                    storage_dtype: torch.dtype | None, dist: Any | None,
+                    kind_of: Callable[[str], str]) -> dict[str, ModuleRecord]:
+    """Compress ``targets`` (this rank's share, with ranks) and install them in ``layer``;
+    with ranks, receive the others' share. Returns rel -> report row."""
+    rows: dict[str, ModuleRecord] = {}
     owner = dist.assign(targets) if dist is not None and dist.active else None
     with _guard(dist, f"the compression of layer {i}"):
         for rel, linear in targets.items():
@@ -202,32 +234,57 @@ def compress_layer(i: int, layer: nn.Module, targets: dict[str, nn.Module], pref
             module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
                                           device, seed, storage_dtype)
             set_submodule(layer, rel, module)
-            layer_records.append(rec)
+            rows[rel] = rec
             _log_numerics(rec)
     if owner is not None:  # --- distributed: every rank gets every module
-        rows = dist.share_modules(layer, owner, {r.name[len(prefix):]: r for r in layer_records},
-                                  device, f"layer {i}")
-        layer_records = [rows[rel] for rel in targets]
-    times["compress"] += time.perf_counter() - t
-    return layer_records
+        rows = dist.share_modules(layer, owner, rows, device, f"layer {i}")
+    return rows
+
+
+class _GroupDone(Exception):
+    """Raised from the hook of a group's last linear: the rest of the forward is not needed."""
+
+
+def calibrate_groups(layer: nn.Module, targets: dict[str, nn.Module],
+                     hidden: list[torch.Tensor], kwargs: dict[str, Any],
+                     device: torch.device, want_absmean: bool, dist: Any | None = None,
+                     what: str = "a layer", stop_after: str | None = None
+                     ) -> tuple[dict[str, LinearStats], list[list[str]]]:
+    """Input statistics of every target linear of one layer over the calibration inputs,
+    and the targets grouped by shared input in execution order.
+
+    The Gram is always collected: the report's output error on calibration inputs needs it.
+    With an active ``dist``, the sums are reduced over ranks before they become statistics.
+    ``stop_after``: end each forward once that target has been fed (its hooks have run).
+    """
+    with LayerStatsCollector(targets, True, want_absmean) as collector:
+        stop = None
+        if stop_after is not None:
+            def _stop(*_):
+                raise _GroupDone
+            stop = targets[stop_after].register_forward_hook(_stop)
+        try:
+            for x in hidden:
+                collector.new_call()
+                try:
+                    run_layer(layer, x.to(device), kwargs)
+                except _GroupDone:
+                    pass
+        finally:
+            if stop is not None:
+                stop.remove()
+    if dist is not None:
+        dist.reduce_accumulators(collector.accumulators(), what)
+    return collector.stats(), collector.groups(list(targets))
 
 
 def calibrate_layer(layer: nn.Module, targets: dict[str, nn.Module], hidden: list[torch.Tensor],
                     kwargs: dict[str, Any], device: torch.device,
                     want_absmean: bool, dist: Any | None = None,
-                    what: str = "a layer") -> dict[str, LinearStats]:
-    """Input statistics of every target linear of one layer over the calibration inputs.
-
-    The Gram is always collected: the report's output error on calibration inputs needs it.
-    With an active ``dist``, the sums are reduced over ranks before they become statistics.
-    """
-    with LayerStatsCollector(targets, True, want_absmean) as collector:
-        for x in hidden:
-            collector.new_call()
-            run_layer(layer, x.to(device), kwargs)
-    if dist is not None:
-        dist.reduce_accumulators(collector.accumulators(), what)
-    return collector.stats()
+                    what: str = "a layer", stop_after: str | None = None) -> dict[str, LinearStats]:
+    """The statistics of :func:`calibrate_groups` alone."""
+    return calibrate_groups(layer, targets, hidden, kwargs, device, want_absmean, dist, what,
+                            stop_after)[0]
 
 
 def _guard(dist: Any | None, what: str):

@@ -87,6 +87,17 @@ class LayerStatsCollector:
         """The distinct input streams, in the order their first consumer ran."""
         return [self._acc[name] for name in self._acc if self._owner[name]]
 
+    def groups(self, names: list[str]) -> list[list[str]]:
+        """``names`` grouped by shared input, groups in the order their first linear ran;
+        linears never fed in the forward come last, one group each."""
+        by_acc: dict[int, list[str]] = {}
+        for name in self._acc:   # insertion order = order of first call
+            by_acc.setdefault(id(self._acc[name]), []).append(name)
+        out = [[n for n in g if n in names] for g in by_acc.values()]
+        out = [g for g in out if g]
+        seen = {n for g in out for n in g}
+        return out + [[n] for n in names if n not in seen]
+
     def stats(self) -> dict[str, LinearStats]:
         self._seen_this_call.clear()
         return {name: acc.to_stats() for name, acc in self._acc.items()}

@@ -37,3 +37,7 @@ class GPTQConfig(RTNConfig):
     mse_norm: float = Field(2.4, gt=0, description="error exponent of the grid search")
     mse_weighted: bool = Field(True, description=(
         "weight each column's error in the grid search by its input energy (Gram diagonal)"))
+    true_sequential: bool = Field(False, description=(
+        "within a layer, calibrate each group of linears (q/k/v, o, gate/up, down) on the "
+        "outputs of the groups already quantized (GPTQModel's default); costs up to one "
+        "partial layer forward per group"))

@@ -34,6 +34,9 @@ class GPTQ(Method):
         self._cache = (gram, key, h)
         return h
 
+    def true_sequential(self, cfg: GPTQConfig) -> bool:
+        return cfg.true_sequential
+
     def compress(self, target: Target, cfg: GPTQConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
         gram = require_stat(target, "gram")
