@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -37,8 +38,10 @@ def written_entries(folder: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def model_footprint(model: nn.Module) -> tuple[int, int]:
-    """(params, bytes) of a model's unique tensors (tied weights once)."""
+def model_footprint(model: nn.Module, source_dtype: torch.dtype | None = None) -> tuple[int, int]:
+    """(params, bytes) of a model's unique tensors (tied weights once); floating tensors are
+    counted at ``source_dtype``'s size when given: "before" means the checkpoint as it was
+    on disk, not its float32 copy in memory."""
     seen, numel, nbytes = set(), 0, 0
     for t in model.state_dict().values():
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
@@ -46,8 +49,17 @@ def model_footprint(model: nn.Module) -> tuple[int, int]:
             continue
         seen.add(key)
         numel += t.numel()
-        nbytes += t.numel() * t.element_size()
+        size = source_dtype.itemsize if source_dtype is not None and t.is_floating_point() \
+            else t.element_size()
+        nbytes += t.numel() * size
     return numel, nbytes
+
+
+def bytes_before_in(records: list[Any], source_dtype: torch.dtype) -> None:
+    """Set each module row's ``bytes_before`` to its weight and bias in the checkpoint's own
+    dtype (in place): the pipeline sees them in the compute dtype."""
+    for r in records:
+        r.bytes_before = r.params_before * source_dtype.itemsize
 
 
 def totals(entries: dict[str, tuple[int, int]], target_names: list[str],

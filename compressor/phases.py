@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from compressor import __version__
-from compressor.accounting import bits_split, model_footprint, totals, written_entries
+from compressor.accounting import (
+    bits_split,
+    bytes_before_in,
+    model_footprint,
+    totals,
+    written_entries,
+)
 from compressor.atomic import atomic_dir
 from compressor.checkpoint import round_uncompressed, save_compressed
 from compressor.core.distributed import Distributed, run_on_main
@@ -52,6 +58,7 @@ class RunState:
     minfo: dict[str, Any] = field(default_factory=dict)
     compute_dtype: torch.dtype = torch.float32
     storage_dtype: torch.dtype = torch.float32
+    source_dtype: torch.dtype = torch.float32   # the checkpoint's own (for "bytes before")
     layers_path: str = ""
     layers: Any = None
     target_names: list[str] = field(default_factory=list)
@@ -111,9 +118,12 @@ def load(run: RunState, trust_remote_code: bool) -> None:
     if not run.target_names:
         raise UserError(f"no linear layers matched the target patterns "
                         f"include={r.targets.include} exclude={r.targets.exclude}")
-    run.before_model = model_footprint(model)
+    run.source_dtype = resolve_storage_dtype("auto", run.minfo.get("checkpoint_dtype"),
+                                             run.compute_dtype)   # what the checkpoint holds
+    run.before_model = model_footprint(model, run.source_dtype)
     tw = [model.get_submodule(n).weight for n in run.target_names]
-    run.before_targets = (sum(w.numel() for w in tw), sum(w.numel() * w.element_size() for w in tw))
+    numel = sum(w.numel() for w in tw)
+    run.before_targets = (numel, numel * run.source_dtype.itemsize)
     check_ranks(r.stages, {n: tuple(w.shape) for n, w in zip(run.target_names, tw)})
 
 
@@ -189,6 +199,7 @@ def layers(run: RunState, resume: bool) -> bool:
         if not dist.is_main:
             return False
         round_uncompressed(run.model, run.storage_dtype)   # evaluate what the file holds
+    bytes_before_in(run.result.records, run.source_dtype)
     run.timer.seconds.update({f"layers.{k}": v for k, v in run.result.stage_seconds.items()})
     return True
 

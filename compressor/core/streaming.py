@@ -175,7 +175,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     from transformers import AutoConfig, AutoTokenizer
 
     from compressor import __version__
-    from compressor.accounting import bits_split, totals, written_entries
+    from compressor.accounting import bits_split, bytes_before_in, totals, written_entries
     from compressor.atomic import atomic_dir, check_output
     from compressor.core.gradients import GRAD_STATS
     from compressor.core.pipeline import sequential_compress
@@ -217,7 +217,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
                     for rel in target_linears(layer, include=inc, exclude=exc)]
     if not target_names:
         raise UserError(f"no linear layers matched the target patterns include={inc} exclude={exc}")
-    shapes, before_targets, before_model = _footprint(model, target_names, dtype)
+    shapes, before_targets, before_model = _footprint(model, target_names, own or dtype)
 
     cal = recipe.calibration
     seqlen = min(cal.seqlen, getattr(config, "max_position_embeddings", cal.seqlen) or cal.seqlen)
@@ -242,6 +242,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
             seed=cal.seed, grad_stats=grad_stats, progress=progress, resume=None,
             storage_dtype=storage_dtype, layer_io=stream)
         _write_outside(model, layers_path, tmp, stream, storage_dtype, config, tokenizer, recipe)
+        bytes_before_in(result.records, own or dtype)
         report = {"svdc_version": __version__, "command": command, "streamed": True,
                   "recipe": recipe.model_dump(mode="json"), "device": str(device),
                   "dtype": str(dtype).removeprefix("torch."),

@@ -236,3 +236,18 @@ def test_storage_dtype_is_the_checkpoints_own_and_resume_keeps_it(tmp_path, monk
     assert again.report["resumed_layers"] == 1
     h = lambda p: hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()  # noqa: E731
     assert h(again.output) == h(res.output)
+
+
+def test_bytes_before_counts_the_checkpoints_own_dtype(tiny_model_dir, tmp_path):
+    """A bf16 checkpoint computed in float32: "before" is the bf16 file, not its fp32 copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    src = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(src)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(src)
+    res = compress(_recipe(src, tmp_path / "out", [{"method": "rtn", "bits": 4, "group_size": 32}],
+                          dtype="float32"))
+    rep = json.loads((res.output / "report.json").read_text())
+    t = rep["totals"]
+    assert t["targets"]["bytes_before"] == 2 * t["targets"]["params_before"]
+    assert t["model"]["bytes_before"] == 2 * t["model"]["params_before"]
+    assert all(m["bytes_before"] == 2 * m["params_before"] for m in rep["modules"])
