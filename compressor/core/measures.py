@@ -4,7 +4,7 @@ Every report field, method info and benchmark reads these, so a number means the
 thing wherever it appears.
 
 * Output error of a weight error ΔW on calibration inputs with Gram G = Σ x xᵀ:
-  tr(ΔW G ΔWᵀ), the summed squared output error, computed in float64. Relative: divided by
+  tr(ΔW G ΔWᵀ), the summed squared output error (float32 product, float64 sum). Relative: divided by
   tr(W G Wᵀ), then square-rooted.
 * Bits per weight of a compressed linear: 8 × the bytes of what replaces the weight (its
   parts; a bias is not a weight) / the weight's element count.
@@ -19,9 +19,12 @@ from compressor.parts.base import CompressedLinear
 
 
 def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
-    """tr(ΔW G ΔWᵀ) in float64: the summed squared output error over the calibration tokens."""
-    d = delta.detach().to(torch.float64)
-    return float(((d @ gram.detach().to(device=d.device, dtype=torch.float64)) * d).sum())
+    """tr(ΔW G ΔWᵀ): the summed squared output error over the calibration tokens. The
+    product runs in float32 (the Gram's own precision; float64 doubled the report's cost),
+    the sum in float64."""
+    d = delta.detach().float()
+    g = gram.detach().to(device=d.device, dtype=torch.float32)
+    return float(((d @ g) * d).sum(dtype=torch.float64))
 
 
 def relative_output_error(delta: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> float:

@@ -25,7 +25,7 @@ from compressor.core.measures import (
 from compressor.core.stages import Stage
 from compressor.core.stats import LayerStatsCollector
 from compressor.core.types import LinearStats, ModuleRecord, Target
-from compressor.parts.base import CompressedLinear
+from compressor.parts.base import CompressedLinear, materialized
 from compressor.progress import NullProgress, ProgressSink
 
 log = logging.getLogger("svdc")
@@ -158,7 +158,8 @@ def sequential_compress(
             records.extend(layer_records)
         progress.advance("layers", 0, f"{note} propagate")
         t = time.perf_counter()
-        hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
+        with materialized(layer):
+            hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
         times["propagate"] += time.perf_counter() - t
         layer.to("cpu")
         if layer_io is not None:  # --- streaming: write layer i, free it
@@ -257,9 +258,9 @@ def calibrate_groups(layer: nn.Module, targets: dict[str, nn.Module],
     With an active ``dist``, the sums are reduced over ranks before they become statistics.
     ``stop_after``: end each forward once that target has been fed (its hooks have run).
     """
-    with LayerStatsCollector(targets, True, want_absmean) as collector:
+    with LayerStatsCollector(targets, True, want_absmean) as collector, materialized(layer):
         stop = None
-        if stop_after is not None:
+        if stop_after is not None:   # registered after the collector's hooks: runs after them
             def _stop(*_):
                 raise _GroupDone
             stop = targets[stop_after].register_forward_hook(_stop)

@@ -28,9 +28,8 @@ class InputAccumulator:
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         self.ntokens += x.shape[0]
-        if self.want_gram:
-            g = x.T @ x
-            self.gram = g if self.gram is None else self.gram.add_(g)
+        if self.want_gram:   # accumulate in place: no (in, in) temporary per call
+            self.gram = x.T @ x if self.gram is None else self.gram.addmm_(x.T, x)
         if self.want_absmean:
             a = x.abs().sum(0)
             self.abssum = a if self.abssum is None else self.abssum.add_(a)

@@ -29,6 +29,7 @@ class UniformQuantPart(Part):
     (out, ngroups), ``zero`` uint8 (out, ngroups) only when asymmetric."""
 
     type_name = "quant"
+    decodes_per_call = True
 
     def __init__(self, out_features: int, in_features: int, bits: int, group_size: int,
                  sym: bool, qcodes: torch.Tensor, scale: torch.Tensor,
@@ -60,7 +61,7 @@ class UniformQuantPart(Part):
         return dequantize(self.to_quant())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.dense().to(x.dtype))
+        return torch.nn.functional.linear(x, self.decoded().to(x.dtype))
 
     def extra_spec(self) -> dict[str, Any]:
         return {"bits": self.bits, "group_size": self.group_size, "sym": self.sym}
@@ -83,6 +84,7 @@ class NFQuantPart(Part):
     ``absmax_scale`` float32 (one per 256 blocks) and ``absmax_offset`` float32 (1,)."""
 
     type_name = "nf"
+    decodes_per_call = True
 
     def __init__(self, out_features: int, in_features: int, bits: int, block_size: int,
                  double_quant: bool, qcodes: torch.Tensor, absmax: torch.Tensor | None = None,
@@ -124,7 +126,7 @@ class NFQuantPart(Part):
         return dequantize_nf(self.to_quant())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.dense().to(x.dtype))
+        return torch.nn.functional.linear(x, self.decoded().to(x.dtype))
 
     def extra_spec(self) -> dict[str, Any]:
         spec = {"bits": self.bits, "block_size": self.block_size,

@@ -118,7 +118,9 @@ def scale_zero(w: Tensor, bits: int, sym: bool, mask: Tensor | None = None,
 
     def err(s: Tensor, z: Tensor) -> Tensor:
         s, z = s.unsqueeze(-1), z.unsqueeze(-1)
-        d = (torch.clamp(torch.round(w / s) + z, 0, maxq) - z).mul_(s).sub_(w).abs_().pow_(mse_norm)
+        # clamp(round(w/s) + z, 0, maxq) - z, with z integer-valued: one pass fewer
+        d = torch.round(w / s).clamp_(-z, maxq - z).mul_(s).sub_(w)
+        d = d.square_() if mse_norm == 2 else d.abs_().pow_(mse_norm)
         if keep is not None:
             d.mul_(keep)
         return d.sum(-1)

@@ -266,7 +266,7 @@ def test_method_factors_a_shared_gram_once(monkeypatch) -> None:
     assert len(calls) == 2
     solo = dequantize(gptq_quantize(
         w[3:7], gram, 3, 8, act_order=cfg.act_order, mse_grid=cfg.mse_grid,
-        mse_maxshrink=cfg.mse_maxshrink, mse_weighted=cfg.mse_weighted)[0])
+        mse_maxshrink=cfg.mse_maxshrink, mse_norm=cfg.mse_norm, mse_weighted=cfg.mse_weighted)[0])
     assert torch.equal(outs[1], solo)
 
 
@@ -274,4 +274,5 @@ def test_defaults_are_the_measured_best() -> None:
     """The shipped defaults (BENCHMARKS.md, GPTQ): act-order with a Hessian-weighted range search."""
     cfg = get_method("gptq").Config()
     assert cfg.act_order and cfg.mse_grid > 0 and cfg.mse_weighted and not cfg.sym
+    assert cfg.mse_norm == 2.0 and cfg.blocksize == 128
     assert cfg.percdamp == 0.01

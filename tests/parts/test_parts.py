@@ -193,3 +193,29 @@ def test_prune_method(pattern: str, score: str) -> None:
     assert torch.equal(res.module.dense_weight(), expect)
     want = 0.75 if pattern == "unstructured" else 0.5
     assert res.info["sparsity"] == pytest.approx(want)
+
+
+def test_materialized_decodes_once_and_gives_identical_outputs(monkeypatch):
+    """Inside ``materialized`` a packed part decodes its weight once (not per forward) and
+    every output is bit-identical; on exit nothing decoded is kept."""
+    from compressor.parts.base import CompressedLinear, materialized
+    from compressor.parts.lowrank import LowRankPart
+    from compressor.parts.quantized import UniformQuantPart
+    from compressor.primitives.grids import quantize_rtn
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 40, generator=g)
+    quant = UniformQuantPart.from_quant(quantize_rtn(w, 3, 16))
+    lin = CompressedLinear(12, 40, [quant, LowRankPart(torch.randn(2, 40, generator=g),
+                                                        torch.randn(12, 2, generator=g))])
+    xs = [torch.randn(5, 40, generator=g) for _ in range(3)]
+    plain = [lin(x) for x in xs]
+    calls = []
+    real = UniformQuantPart.dense
+    monkeypatch.setattr(UniformQuantPart, "dense", lambda self: calls.append(1) or real(self))
+    with materialized(lin):
+        cached = [lin(x) for x in xs]
+    assert len(calls) == 1
+    assert all(torch.equal(a, b) for a, b in zip(plain, cached))
+    assert quant._decoded is None
+    lin(xs[0])
+    assert len(calls) == 2           # decoding per call again outside the block

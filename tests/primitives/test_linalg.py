@@ -255,3 +255,14 @@ def test_welore_ratio_zero_keeps_everything_dense():
     w = {"a": torch.randn(20, 30, generator=gen(6))}
     ranks, info = welore_ranks(w, 0.0)
     assert ranks == {"a": None} and info["n_lrc"] == ["a"]
+
+
+@pytest.mark.parametrize("n,leaf", [(5, 256), (300, 64), (517, 128)])
+def test_lower_triangular_inverse_is_the_inverse(n: int, leaf: int) -> None:
+    from compressor.primitives.linalg import lower_triangular_inverse
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n + 20, n, generator=g, dtype=torch.float64)
+    L = torch.linalg.cholesky(x.T @ x + torch.eye(n, dtype=torch.float64))
+    inv = lower_triangular_inverse(L, leaf)
+    assert torch.equal(inv, torch.tril(inv))
+    torch.testing.assert_close(inv @ L, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-10)

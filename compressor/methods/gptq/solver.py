@@ -20,6 +20,7 @@ from compressor.primitives.grids import (
     n_groups,
     scale_zero,
 )
+from compressor.primitives.linalg import lower_triangular_inverse
 
 GPTQ_GRIDS = ("exact", "block-lazy")
 
@@ -65,10 +66,13 @@ def prepare_hessian(gram: Tensor, percdamp: float = 0.01, act_order: bool = Fals
     base = torch.diagonal(H).mean().clamp(min=1e-8)   # a gram's diagonal is >= 0
     damp, retries = percdamp * base, 0
     eye = torch.eye(in_f, dtype=H.dtype, device=H.device)
-    while True:      # H^-1 through Cholesky, upper factor as in the paper
-        L, err = torch.linalg.cholesky_ex(H + damp * eye)
+    while True:      # the upper Cholesky factor of H^-1, as in the paper
+        # With J the reversal, J H J = L Lᵀ gives H^-1 = (J L^-1 J)ᵀ (J L^-1 J), and J L^-1 J
+        # is upper triangular: one Cholesky and one triangular inverse, not Cholesky, inverse
+        # and a second Cholesky.
+        L, err = torch.linalg.cholesky_ex((H + damp * eye).flip(0, 1))
         if int(err) == 0:
-            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            Hinv = lower_triangular_inverse(L).flip(0, 1)
             if bool(torch.isfinite(Hinv).all()):
                 break
         if retries >= max_retries:
@@ -110,7 +114,7 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
     check_bits(bits)
     if grid not in GPTQ_GRIDS:
         raise ValueError(f"GPTQ grid={grid!r}: use one of {', '.join(GPTQ_GRIDS)}.")
-    W = w.detach().float().clone()
+    W = w.detach().float()          # read only: the loop updates its own transposed copy
     out_f, in_f = W.shape
     maxq = 2 ** bits - 1
     if hessian is None:
@@ -136,58 +140,63 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
     else:
         scale = W.new_ones(out_f, n_groups(in_f, group_size))
         zero = W.new_zeros(out_f, scale.shape[1])
-    perm = hessian.perm
+    # The loop works on Wᵀ (in, out): a column of W is a contiguous row, and the rank-1 and
+    # block updates touch contiguous memory.
+    WT, perm = W.t().contiguous(), hessian.perm
+    exclT = excl.t() if has_mask else None
     if perm is not None:
         perm = perm.to(W.device)
-        W, gidx = W[:, perm], gidx[perm]
+        WT, gidx = WT[perm], gidx[perm]
         if has_mask:
-            excl = excl[:, perm]
-    codes = torch.empty_like(W)
-    kept = torch.zeros_like(W) if has_mask else None
+            exclT = exclT[perm]
+    codesT = torch.empty_like(WT)
+    keptT = torch.zeros_like(WT) if has_mask else None
     lazy = grid == "block-lazy"
     for i1 in range(0, in_f, blocksize):
         i2 = min(i1 + blocksize, in_f)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        W1, Hinv1 = WT[i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.empty_like(W1)
         C1 = torch.empty_like(W1)
         # per-column grid of this block; a dynamic group's entries are (re)written when the
         # group starts, those of a group that started in an earlier block are already set
-        S1, Z1 = scale[:, gidx[i1:i2]], zero[:, gidx[i1:i2]]
+        S1, Z1 = scale.t()[gidx[i1:i2]], zero.t()[gidx[i1:i2]]
         for i in range(i2 - i1):
             col = i1 + i
             if not static_groups and col % gl == 0:   # a group starts: grid from updated weights
                 gend = min(col + gl, in_f)
                 if lazy:    # the reference reads W: earlier blocks' updates only
-                    g = W[:, col:gend]
+                    g = WT[col:gend]
                 else:       # exact: this block's pending updates applied, and past the block
-                    ahead = W[:, i2:gend] - Err1[:, :i] @ Hinv[i1:col, i2:gend]
-                    g = torch.cat([W1[:, i:], ahead], 1)[:, :gend - col]
-                s, z = scale_zero(g, bits, sym, None if excl is None else excl[:, col:gend], *mse,
-                                   None if hdiag is None else hdiag[col:gend])
+                    ahead = WT[i2:gend] - Hinv[i1:col, i2:gend].t() @ Err1[:i]
+                    g = torch.cat([W1[i:], ahead], 0)[:gend - col]
+                s, z = scale_zero(g.t(), bits, sym, None if excl is None else excl[:, col:gend],
+                                  *mse, None if hdiag is None else hdiag[col:gend])
                 scale[:, col // gl], zero[:, col // gl] = s, z
                 j = min(gend, i2) - i1
-                S1[:, i:j], Z1[:, i:j] = s[:, None], z[:, None]
-            x, s, z = W1[:, i], S1[:, i], Z1[:, i]
+                S1[i:j], Z1[i:j] = s, z
+            x, s, z = W1[i], S1[i], Z1[i]
             c = torch.round(x / s).add_(z).clamp_(0, maxq)
             if has_mask:
-                m = excl[:, col]
+                m = exclT[col]
                 c = torch.where(m, z, c)
                 qx = torch.where(m, x, (c - z) * s)             # masked: kept exactly
-                kept[:, col] = torch.where(m, x, torch.zeros_like(x))
+                keptT[col] = torch.where(m, x, torch.zeros_like(x))
             else:
                 qx = (c - z).mul_(s)
-            C1[:, i] = c
+            C1[i] = c
             e = (x - qx).div_(Hinv1[i, i])
-            Err1[:, i] = e
-            W1[:, i:].addr_(e, Hinv1[i, i:], alpha=-1)
-        codes[:, i1:i2] = C1
+            Err1[i] = e
+            W1[i:].addr_(Hinv1[i, i:], e, alpha=-1)
+        codesT[i1:i2] = C1
         if i2 < in_f:
-            W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)
+            WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
     if perm is not None:
         inv = torch.argsort(perm)
-        codes = codes[:, inv]
-        if kept is not None:
-            kept = kept[:, inv]
+        codesT = codesT[inv]
+        if keptT is not None:
+            keptT = keptT[inv]
+    codes = codesT.t().contiguous()
+    kept = None if keptT is None else keptT.t().contiguous()
     info = {"damp": hessian.damp, "percdamp": percdamp, "retries": hessian.retries,
             "dead_columns": int(hessian.dead.sum())}
     q = UniformQ(codes.to(torch.uint8), scale, zero, bits, group_size, sym, kept)
