@@ -235,3 +235,32 @@ def test_killed_rank_is_one_line_and_resume_finishes(tiny_model_dir, tmp_path, r
     _compare(one, out, "whitened-svd")
     ra = json.loads((one / "report.json").read_text())
     assert abs(ra["eval"][0]["ppl"] - rep["eval"][0]["ppl"]) / ra["eval"][0]["ppl"] < 1e-3
+
+
+@pytest.mark.parametrize("device,backend", [("cuda", "nccl"), ("cpu", "gloo")])
+def test_backend_follows_the_device(monkeypatch, device, backend):
+    """NCCL for CUDA (each rank on cuda:LOCAL_RANK), gloo on CPUs: the choice alone, with the
+    process-group calls stubbed (this machine has no GPU; NCCL itself needs one)."""
+    import torch.distributed as tdist
+
+    from compressor.core import distributed as d
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", lambda b, **kw: seen.setdefault("backend", b))
+    monkeypatch.setattr(tdist, "get_rank", lambda: 0)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(tdist, "get_backend", lambda: seen["backend"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: seen.setdefault("set", dev))
+    monkeypatch.setattr(d.Distributed, "agree", lambda self, *a: None)
+    monkeypatch.setattr(d, "_quiet", lambda: None)
+    got = d.Distributed.start(torch.device(device), "recipe")
+    assert seen["backend"] == backend and got.backend == backend
+    if device == "cuda":
+        assert got.device == torch.device("cuda", 1) and seen["set"] == torch.device("cuda", 1)
+        assert got.comm_device == torch.device("cuda", 1)
+    else:
+        assert got.comm_device == torch.device("cpu")
