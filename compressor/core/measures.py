@@ -27,9 +27,11 @@ def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
     return float(((d @ g) * d).sum(dtype=torch.float64))
 
 
-def relative_output_error(delta: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> float:
-    """sqrt(tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)); 0 when the layer has no output at all."""
-    ref = output_error(w, gram)
+def relative_output_error(delta: torch.Tensor, w: torch.Tensor, gram: torch.Tensor,
+                          ref: float | None = None) -> float:
+    """sqrt(tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)); 0 when the layer has no output at all. ``ref``:
+    tr(W G Wᵀ) when the caller already has it (several errors of one weight)."""
+    ref = output_error(w, gram) if ref is None else ref
     return (max(output_error(delta, gram), 0.0) / ref) ** 0.5 if ref > 0 else 0.0
 
 

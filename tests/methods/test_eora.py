@@ -166,3 +166,29 @@ def test_eora_stage_quantized_factors_and_errors():
         em.run(target, em.Config(rank=8), None)
     with pytest.raises(UserError, match="rank"):
         em.run(target, em.Config(rank=M + 1), prev)
+
+
+@pytest.mark.parametrize("shape", [(12, 30), (30, 12)])
+def test_top_singular_matches_a_full_svd(shape):
+    g = _gen(40)
+    m = torch.randn(*shape, generator=g, dtype=torch.float64)
+    u, s = eora.top_singular(m, 5)
+    uf, sf, _ = torch.linalg.svd(m, full_matrices=False)
+    torch.testing.assert_close(s, sf, rtol=1e-9, atol=1e-9)
+    # singular vectors up to sign
+    torch.testing.assert_close((u * uf[:, :5]).sum(0).abs(), torch.ones(5, dtype=torch.float64),
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_method_decomposes_a_shared_gram_once(monkeypatch):
+    calls = []
+    real = eora.gram_eigen
+    monkeypatch.setattr(eora, "gram_eigen", lambda g: calls.append(1) or real(g))
+    gram = _correlated_gram(N, 400, seed=41)
+    other = _correlated_gram(N, 400, seed=42)
+    rtn, em = get_method("rtn")(), get_method("eora")()
+    for seed, gr in ((43, gram), (44, gram), (45, other)):
+        target = _target(torch.randn(M, N, generator=_gen(seed)), gr)
+        prev = rtn.compress(target, rtn.Config(bits=3, group_size=8)).module
+        em.compress(target, em.Config(rank=4), prev)
+    assert len(calls) == 2

@@ -9,7 +9,7 @@ one part: a float low-rank path, or a quantized one when lowrank_bits is set.
 from __future__ import annotations
 
 import compressor.methods.eora.factors as eora
-from compressor.core.measures import relative_output_error
+from compressor.core.measures import output_error, relative_output_error
 from compressor.core.method import Method, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
@@ -33,6 +33,19 @@ class EoRA(Method):
     needs = frozenset({"gram"})
     uses_previous = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Linears fed the same input (q/k/v, gate/up) get the same Gram tensor object, one
+        # after the other: decompose it once (identity + version counter, as GPTQ's cache).
+        self._cache: tuple | None = None
+
+    def _eigen(self, gram):
+        if self._cache is not None and self._cache[0] is gram and self._cache[1] == gram._version:
+            return self._cache[2]
+        eig = eora.gram_eigen(gram)
+        self._cache = (gram, gram._version, eig)
+        return eig
+
     def compress(self, target: Target, cfg: EoraConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
         if previous is None:
@@ -44,7 +57,8 @@ class EoRA(Method):
         w = target.weight.float()
         delta = w - previous.dense_weight().to(w.device)
         if cfg.compensation == "eora":
-            a, b, finfo = eora.eora_factors(delta, gram, cfg.rank, eig_floor=cfg.eig_floor)
+            a, b, finfo = eora.eora_factors(delta, gram, cfg.rank, eig_floor=cfg.eig_floor,
+                                            eigen=self._eigen(gram))
         else:
             a, b, finfo = eora.svd_compensation(delta, cfg.rank)
         if cfg.lowrank_bits is None:
@@ -53,8 +67,9 @@ class EoRA(Method):
             qa, qb = eora.quantize_factors(a, b, cfg.lowrank_bits, cfg.lowrank_group_size)
             part = QuantLowRankPart.from_quant(qa, qb)
         # Errors of what is actually stored (dtype cast / quantized factors included).
-        before = relative_output_error(delta, w, gram) ** 2
-        after = relative_output_error(delta - part.dense().to(delta.device), w, gram) ** 2
+        ref = output_error(w, gram)
+        before = relative_output_error(delta, w, gram, ref) ** 2
+        after = relative_output_error(delta - part.dense().to(delta.device), w, gram, ref) ** 2
         bias = previous.bias if previous.bias is not None else target.bias
         module = CompressedLinear(m, n, list(previous.parts) + [part], bias)
         info = {"rank": cfg.rank, "compensation": cfg.compensation,
