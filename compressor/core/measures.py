@@ -18,10 +18,25 @@ import torch
 from compressor.parts.base import CompressedLinear
 
 
+_BLOCK = 1 << 21   # float64 elements per block (16 MB): bounds the scratch of output_error
+
+
 def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
-    """tr(ΔW G ΔWᵀ) in float64: the summed squared output error over the calibration tokens."""
-    d = delta.detach().to(torch.float64)
-    return float(((d @ gram.detach().to(device=d.device, dtype=torch.float64)) * d).sum())
+    """tr(ΔW G ΔWᵀ) in float64: the summed squared output error over the calibration tokens.
+
+    Summed over blocks of ΔW's rows × G's columns, each block cast to float64 on its own
+    (about 3 × 16 MB of scratch): float64 copies of a whole 7B down_proj and its Gram would
+    be 1.3 GB per module."""
+    d, g = delta.detach(), gram.detach().to(delta.device)
+    rows, n = d.shape
+    rb = max(1, min(rows, _BLOCK // n))
+    cb = max(1, min(n, _BLOCK // n, _BLOCK // rb))
+    total = torch.zeros((), dtype=torch.float64, device=d.device)
+    for r in range(0, rows, rb):
+        dr = d[r:r + rb].to(torch.float64)
+        for c in range(0, n, cb):
+            total += (dr @ g[:, c:c + cb].to(torch.float64)).mul_(dr[:, c:c + cb]).sum()
+    return float(total)
 
 
 def relative_output_error(delta: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> float:
