@@ -30,6 +30,7 @@ from torch import nn
 from compressor.core.shards import (
     ShardReader,
     free_module,
+    large_allocations_to_os,
     load_module,
     materialize_outside,
     skeleton,
@@ -130,6 +131,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     storage_dtype = resolve_storage_dtype(recipe.storage_dtype,
                                           str(own).removeprefix("torch.") if own else None, dtype)
     tokenizer = AutoTokenizer.from_pretrained(res.path)
+    large_allocations_to_os()
     reader = ShardReader(res.path)
     model = skeleton(config, dtype)
     layers_path, layers = decoder_layers(model)
