@@ -50,7 +50,7 @@ def prepare_hessian(gram: Tensor, percdamp: float = 0.01, act_order: bool = Fals
     GPTQ uses only ratios of Hinv entries.
     """
     H = gram.detach().to(device=device if device is not None else gram.device,
-                         dtype=torch.float64).clone()
+                         dtype=torch.float64, copy=True)
     in_f = H.shape[0]
     if H.ndim != 2 or H.shape[1] != in_f or not bool(torch.isfinite(H).all()):
         raise ValueError(f"GPTQ: gram must be a finite square matrix, got {tuple(H.shape)}; "
@@ -62,13 +62,19 @@ def prepare_hessian(gram: Tensor, percdamp: float = 0.01, act_order: bool = Fals
     if act_order:
         perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
         H = H[perm][:, perm]
-    base = torch.diagonal(H).mean().clamp(min=1e-8)   # a gram's diagonal is >= 0
+    undamped = torch.diagonal(H).clone()
+    base = undamped.mean().clamp(min=1e-8)   # a gram's diagonal is >= 0
     damp, retries = percdamp * base, 0
-    eye = torch.eye(in_f, dtype=H.dtype, device=H.device)
+    # H + damp·I is formed in place on H's diagonal (from the undamped one on each try), and
+    # each factor is dropped once the next exists: 3 float64 in×in at most, not 6
     while True:      # H^-1 through Cholesky, upper factor as in the paper
-        L, err = torch.linalg.cholesky_ex(H + damp * eye)
+        torch.diagonal(H).copy_(undamped + damp)
+        L, err = torch.linalg.cholesky_ex(H)
         if int(err) == 0:
-            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            inv = torch.cholesky_inverse(L)
+            del L
+            Hinv = torch.linalg.cholesky(inv, upper=True)
+            del inv
             if bool(torch.isfinite(Hinv).all()):
                 break
         if retries >= max_retries:
@@ -142,7 +148,7 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
         W, gidx = W[:, perm], gidx[perm]
         if has_mask:
             excl = excl[:, perm]
-    codes = torch.empty_like(W)
+    codes = torch.empty(W.shape, dtype=torch.uint8, device=W.device)   # integral: exact
     kept = torch.zeros_like(W) if has_mask else None
     lazy = grid == "block-lazy"
     for i1 in range(0, in_f, blocksize):
@@ -190,5 +196,5 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
             kept = kept[:, inv]
     info = {"damp": hessian.damp, "percdamp": percdamp, "retries": hessian.retries,
             "dead_columns": int(hessian.dead.sum())}
-    q = UniformQ(codes.to(torch.uint8), scale, zero, bits, group_size, sym, kept)
+    q = UniformQ(codes, scale, zero, bits, group_size, sym, kept)
     return q, info
