@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from compressor.checkpoint.stream_load import streamed_layers
-from compressor.core.layer_io import capture_inputs, replaying, run_layer
+from compressor.core.layer_io import capture_inputs, propagate, replaying
 from compressor.evaluate import Progress, check_windows, perplexity
 
 
@@ -36,8 +36,7 @@ def streamed_perplexity(model: nn.Module, windows: torch.Tensor,
         n = len(stream.layers)
         for i in range(n):
             with stream.holding(i, device) as layer:
-                for j, x in enumerate(hidden):   # in place: one extra window at a time
-                    hidden[j] = run_layer(layer, x.to(device), layer_kwargs[i]).to("cpu")
+                propagate(layer, hidden, layer_kwargs[i], device)
             if progress is not None:
                 progress(i + 1, n)
         with replaying(stream.layers, hidden):

@@ -134,6 +134,15 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) ->
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+@torch.no_grad()
+def propagate(layer: nn.Module, hidden: list[torch.Tensor], kwargs: dict[str, Any],
+              device: torch.device | str) -> None:
+    """Replace each window's hidden state (kept on the CPU) by the layer's output, in place:
+    one window's output beside the list, not a second list of every window's."""
+    for j, x in enumerate(hidden):
+        hidden[j] = run_layer(layer, x.to(device), kwargs).to("cpu")
+
+
 def move_all_but_layers(model: nn.Module, layers_path: str, device: torch.device | str) -> None:
     """Put embeddings, norms, head and rotary tables on ``device``; leave the layers where they are."""
     parent_path, _, attr = layers_path.rpartition(".")

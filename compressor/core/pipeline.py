@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compressor.core.layer_io import capture_inputs, move_all_but_layers, run_layer
+from compressor.core.layer_io import capture_inputs, move_all_but_layers, propagate, run_layer
 from compressor.core.measures import (
     bits_per_weight,
     relative_output_error,
@@ -158,7 +158,7 @@ def sequential_compress(
             records.extend(layer_records)
         progress.advance("layers", 0, f"{note} propagate")
         t = time.perf_counter()
-        hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
+        propagate(layer, hidden, kw, device)
         times["propagate"] += time.perf_counter() - t
         layer.to("cpu")
         if layer_io is not None:  # --- streaming: write layer i, free it
