@@ -4,14 +4,13 @@ The model is built on the meta device (parameters only; buffers such as rotary t
 real). Embeddings, final norm and head are read from the safetensors shards at start; each
 decoder layer's weights are read when the sequential pass reaches it, and once compressed and
 propagated, the layer is written to its own output shard and returned to the meta device. Host
-peak ≈ embeddings + head + one layer being compressed (and its compressed copy) + calibration
-activations (nsamples × seqlen × hidden floats, twice during propagation) + the Gram matrices of
-one layer.
+peak ≈ runtime + embeddings + head + one layer and the scratch of the matrix being compressed +
+the layer's Gram matrices + calibration activations (README, Scale; BENCHMARKS.md, Streaming).
 
 What cannot stream, and says so: statistics from a backward pass through the whole model
 (Fisher, |grad|: FWSVD, GWQ, data-aware LQ-LoRA) unless they are loaded from a --fisher-file
 computed where the model fits; resuming (``--resume``) and evaluation of the result (run
-``svdc eval`` separately).
+``svdc eval --stream`` separately).
 """
 
 from __future__ import annotations
