@@ -144,7 +144,8 @@ def propagate(layer: nn.Module, hidden: list[torch.Tensor], kwargs: dict[str, An
 
 
 def move_all_but_layers(model: nn.Module, layers_path: str, device: torch.device | str) -> None:
-    """Put embeddings, norms, head and rotary tables on ``device``; leave the layers where they are."""
+    """Put embeddings, norms, head and rotary tables on ``device`` (or cast them: anything
+    ``Module.to`` takes); leave the layers where they are."""
     parent_path, _, attr = layers_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     layers = getattr(parent, attr)

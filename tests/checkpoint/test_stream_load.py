@@ -17,6 +17,7 @@ import compressor
 from compressor import cli
 from compressor.api import compress
 from compressor.checkpoint.stream_load import streamed_layers
+from compressor.core.streaming import stream_compress
 from compressor.errors import UserError
 from compressor.evaluate import evaluate
 from compressor.models import load_model
@@ -31,10 +32,15 @@ def outputs(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("stream-load")
     out = {"dense": tiny_model_dir}
     for name, stages in STAGES.items():
-        out[name] = compress(parse_recipe({
-            "model": str(tiny_model_dir), "output": str(root / name), "stages": stages,
-            "calibration": {"dataset": "builtin", "nsamples": 2, "seqlen": 32, "seed": 0}})).output
+        out[name] = compress(parse_recipe(_recipe(tiny_model_dir, root / name, stages))).output
+    stream_compress(parse_recipe(_recipe(tiny_model_dir, root / "rtn4-streamed", STAGES["rtn4"])))
+    out["rtn4-streamed"] = root / "rtn4-streamed"    # compress --stream's layout: a shard a layer
     return out
+
+
+def _recipe(model, out, stages):
+    return {"model": str(model), "output": str(out), "stages": stages,
+            "calibration": {"dataset": "builtin", "nsamples": 2, "seqlen": 32, "seed": 0}}
 
 
 def _whole(path):
@@ -48,7 +54,7 @@ def _layers_on_meta(model) -> bool:
     return all(t.is_meta for layer in s.layers for t in layer.state_dict().values())
 
 
-@pytest.mark.parametrize("which", ["dense", "rtn4", "wsvd"])
+@pytest.mark.parametrize("which", ["dense", "rtn4", "wsvd", "rtn4-streamed"])
 def test_streamed_perplexity_equals_the_whole_model(outputs, which):
     from transformers import AutoTokenizer
     path = outputs[which]
