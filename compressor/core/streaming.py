@@ -113,7 +113,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     )
     from compressor.models.device import checkpoint_dtype, resolve_dtype
     from compressor.models.resolve import resolve_model
-    from compressor.runtime import machine, versions
+    from compressor.runtime import machine, peak_memory, versions
 
     t_start = time.perf_counter()
     output = Path(recipe.output)
@@ -177,7 +177,8 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
                   "totals": totals(written_entries(tmp), target_names, before_targets, before_model),
                   "stage_seconds": {**{f"layers.{k}": v for k, v in result.stage_seconds.items()},
                                     "total": time.perf_counter() - t_start},
-                  "versions": versions(), "machine": machine(device)}
+                  "versions": versions(), "machine": machine(device),
+                  "peak_memory": peak_memory(device)}
         report["totals"]["targets"]["bits_split"] = bits_split(tmp, target_names,
                                                                before_targets[0])
         (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str))

@@ -44,6 +44,7 @@ def test_streamed_output_equals_whole_model_run(tiny_model_dir, tmp_path, stages
     assert n == 14 and len(rep["modules"]) == 14
     ra = json.loads((whole / "report.json").read_text())
     assert ra["totals"] == rep["totals"]
+    assert rep["peak_memory"]["cpu_peak_rss_bytes"] > 0
 
 
 def test_gradient_methods_say_why_they_need_the_whole_model(tiny_model_dir, tmp_path):
