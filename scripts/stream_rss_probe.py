@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 import threading
 import time
@@ -27,6 +26,13 @@ _phase, _peaks, _after = ["start"], {}, {}
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+
+
+def _hwm() -> int:
+    """Peak resident size of this address space (ru_maxrss would include a parent's: Linux
+    carries it across fork + exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _sample() -> None:
@@ -79,13 +85,13 @@ def main() -> None:
         streaming.stream_compress(parse_recipe({
             "model": a.model, "output": f"{tmp}/out", "stages": [stage],
             "calibration": {"dataset": "builtin", "nsamples": 2, "seqlen": 32, "seed": 0}}))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _hwm()
     print(f"{'step':64s} {'peak MB':>8s} {'after MB':>8s}")
     print(f"{'after imports (baseline)':64s} {base / 1e6:8.0f}")
     for k, v in _peaks.items():
         after = f"{_after[k] / 1e6:8.0f}" if k in _after else ""
         print(f"{k:64s} {v / 1e6:8.0f} {after}")
-    print(f"{'ru_maxrss of the whole run':64s} {peak / 1e6:8.0f}")
+    print(f"{'peak RSS of the whole run (VmHWM)':64s} {peak / 1e6:8.0f}")
 
 
 if __name__ == "__main__":

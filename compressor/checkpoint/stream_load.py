@@ -24,7 +24,6 @@ from compressor.core.layer_io import move_all_but_layers
 from compressor.core.shards import (
     ShardReader,
     free_module,
-    large_allocations_to_os,
     load_module,
     materialize_outside,
     skeleton,
@@ -100,7 +99,6 @@ def load_streamed(path: str | Path, device: str | torch.device = "cpu",
     """
     from compressor.models import decoder_layers
     folder = Path(path)
-    large_allocations_to_os()
     if is_compressed_folder(folder):
         cc = compression_config_of(folder, verify)
         model = build_model(folder, cc, empty=True)

@@ -124,8 +124,11 @@ def free_module(module: nn.Module) -> None:
 def large_allocations_to_os(threshold: int = 1 << 20) -> None:
     """Give every allocation of ``threshold`` bytes or more its own pages from the OS, returned
     when freed (glibc ``M_MMAP_THRESHOLD``; fixing it also stops glibc raising it to 32 MB).
-    Without it, a layer's freed weights and the methods' scratch stay in the heap between
-    trims and the resident size of a streamed run peaks hundreds of MB above what is live."""
+    Without it, the freed weights and scratch of matrices under 32 MB stay in the heap and a
+    streamed compression peaks ~100 MB above what is live over a 47 MB layer (BENCHMARKS.md).
+    Costs page faults: +20% CPU (system time) for RTN on such small matrices; larger ones
+    are mmapped by glibc anyway. Not set for evaluation, whose forwards allocate the same
+    dequantized weights again and again (+35% CPU for a 7% lower peak, measured)."""
     try:
         import ctypes
         ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))   # -3: M_MMAP_THRESHOLD
