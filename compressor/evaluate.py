@@ -35,6 +35,13 @@ def _window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def check_windows(windows: torch.Tensor, batch_size: int) -> None:
+    if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
+        raise ValueError(f"windows must be (n >= 1, seqlen >= 2), got {tuple(windows.shape)}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
+
+
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, device: str | torch.device = "cpu",
                batch_size: int = 1, progress: Progress | None = None) -> dict:
@@ -45,10 +52,7 @@ def perplexity(model, windows: torch.Tensor, device: str | torch.device = "cpu",
     Raises UserError when the loss is not finite (typically fp16 overflow) instead of
     reporting NaN.
     """
-    if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be (n >= 1, seqlen >= 2), got {tuple(windows.shape)}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
+    check_windows(windows, batch_size)
     was_training = model.training
     model.eval()
     n, seqlen = windows.shape
@@ -99,7 +103,11 @@ def evaluate(model, tokenizer, dataset: str, seqlen: int, max_windows: int | Non
                     "(the result records both)", requested, seqlen)
     windows, meta = eval_windows(tokenizer, dataset, seqlen, max_windows=max_windows, split=split)
     t0 = time.perf_counter()
-    result = perplexity(model, windows, device, batch_size=batch_size, progress=progress)
+    run = perplexity
+    from compressor.checkpoint.stream_load import streamed_layers
+    if streamed_layers(model) is not None:   # compressor.load(stream=True): layer-major
+        from compressor.evaluate_stream import streamed_perplexity as run
+    result = run(model, windows, device, batch_size=batch_size, progress=progress)
     elapsed = time.perf_counter() - t0
     out = {**meta, **result, "seqlen_requested": requested, "dtype": _model_dtype(model),
            "device": str(device), "elapsed_s": round(elapsed, 3)}

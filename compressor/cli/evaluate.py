@@ -36,6 +36,7 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
              dtype: str = typer.Option("auto"),
              as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
              no_verify: bool = typer.Option(False, "--no-verify", help="skip the sha256 check of an svdc output's weights"),
+             stream: bool = typer.Option(False, "--stream", help="read one decoder layer at a time (models larger than RAM)"),
              trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                                     help="run Python code shipped in the model folder; only for folders you trust")) -> None:
     """Perplexity with the GPTQ protocol (non-overlapping windows, no special tokens) and,
@@ -50,8 +51,12 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         from compressor.tasks import _lm_eval
         _lm_eval()                       # a missing extra fails before the model loads
     dev = resolve_device(device)
-    model_obj, tok = load_any(model, dtype, verify=not no_verify, trust_remote_code=trust_remote_code)
-    model_obj.to(dev)
+    if stream:
+        model_obj, tok = load_streamed_any(model, dtype, dev, verify=not no_verify,
+                                           trust_remote_code=trust_remote_code)
+    else:
+        model_obj, tok = load_any(model, dtype, verify=not no_verify, trust_remote_code=trust_remote_code)
+        model_obj.to(dev)
     results = []
     if datasets:
         with RichProgress() as progress:
@@ -64,6 +69,9 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         from compressor.tasks import run_tasks
         if not is_verbose():
             quiet_third_party()
+        if stream:
+            console.print("--stream: lm-eval runs the model forward by forward, reading every "
+                          "layer from disk once per batch (slow)")
         console.print(f"running {len(task_list)} task(s) with lm-eval"
                       + (f", {limit} examples each (partial)" if limit else "") + " ...")
         task_res = run_tasks(model_obj, tok, task_list, limit=limit, batch_size=batch_size,
@@ -119,3 +127,29 @@ def load_any(spec: str, dtype: str = "auto", verify: bool = True, trust_remote_c
     from compressor.models import load_model
     m, tok, _ = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
     return m, tok
+
+
+def load_streamed_any(spec: str, dtype: str, device: Any, verify: bool = True,
+                      trust_remote_code: bool = False):
+    """``load_any`` for --stream: the model on the meta device with its decoder layers read
+    from disk when used (checkpoint/stream_load.py), placed on ``device``; same dtypes."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from compressor.checkpoint import is_compressed_folder
+    from compressor.checkpoint.stream_load import load_streamed, plain_config
+    from compressor.models.device import resolve_dtype
+    from compressor.models.resolve import resolve_model
+    if Path(spec).is_dir() and is_compressed_folder(spec):
+        return (load_streamed(spec, device=device, verify=verify),
+                AutoTokenizer.from_pretrained(spec, trust_remote_code=False))
+    if trust_remote_code:
+        raise UserError("--stream builds models from transformers' own classes; a model that "
+                        "needs --trust-remote-code cannot stream")
+    res = resolve_model(spec)
+    if res.gguf_file:
+        raise UserError("--stream reads safetensors checkpoints; a .gguf model must be loaded whole")
+    # the dtype load_any's whole-model path computes in ("auto": float32, as on the CPU)
+    torch_dtype = resolve_dtype(dtype, plain_config(res.path), torch.device("cpu"))
+    return (load_streamed(res.path, device=device, dtype=torch_dtype),
+            AutoTokenizer.from_pretrained(res.path, trust_remote_code=False))

@@ -1,4 +1,5 @@
-"""Feeding decoder layers one at a time: capture layer-0 inputs and every layer's kwargs.
+"""Feeding decoder layers one at a time: capture layer-0 inputs and every layer's kwargs, and
+replay the last layer's outputs through the model's head.
 
 The model's own forward builds the attention masks and rotary embeddings each layer gets
 (Gemma 3 gives sliding-window layers a different mask than global ones), so we run it once
@@ -8,6 +9,8 @@ forward at the last layer. Only the embeddings run; no layer weights need be on 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,19 +23,27 @@ class _StopForward(Exception):
     pass
 
 
-class _Catcher(nn.Module):
-    """Stands in for a decoder layer: records (hidden, kwargs), passes hidden through."""
+class _StandIn(nn.Module):
+    """Takes a decoder layer's place in the model's forward; attributes the model reads from
+    its layers (e.g. ``attention_type``) come from the layer, which is never run."""
 
-    def __init__(self, layer: nn.Module, index: int, last: int, sink: dict):
+    def __init__(self, layer: nn.Module):
         super().__init__()
         self._wrapped = [layer]  # a list, so the layer is not registered as a child
-        self.index, self.last, self.sink = index, last, sink
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._wrapped[0], name)
+
+
+class _Catcher(_StandIn):
+    """Records (hidden, kwargs), passes hidden through."""
+
+    def __init__(self, layer: nn.Module, index: int, last: int, sink: dict):
+        super().__init__(layer)
+        self.index, self.last, self.sink = index, last, sink
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.index == 0:
@@ -87,14 +98,57 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, windows: torch.Tenso
     return inputs, [to_device(kw, device) for kw in layer_kwargs]
 
 
+class _Replay(_StandIn):
+    """Passes hidden through, or (the last layer) returns the next stored output instead."""
+
+    def __init__(self, layer: nn.Module, outputs: Iterator[torch.Tensor] | None):
+        super().__init__(layer)
+        self.outputs = outputs
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.outputs is None:
+            return hidden_states
+        return next(self.outputs).to(hidden_states.device)
+
+
+@contextmanager
+def replaying(layers: nn.ModuleList, outputs: list[torch.Tensor]) -> Iterator[None]:
+    """Within the block, each forward of the model yields the next of ``outputs`` (one per
+    call, in order) as the last decoder layer's output, without running any layer: the
+    model's own final norm, head and logit transforms then compute its logits from hidden
+    states computed elsewhere (layer-major evaluation)."""
+    originals = list(layers)
+    feed = iter(outputs)
+    try:
+        for i, layer in enumerate(originals):
+            layers[i] = _Replay(layer, feed if i == len(originals) - 1 else None)
+        yield
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+
+
 @torch.no_grad()
 def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     out = layer(hidden, **kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+@torch.no_grad()
+def propagate(layer: nn.Module, hidden: list[torch.Tensor], kwargs: dict[str, Any],
+              device: torch.device | str) -> None:
+    """Replace each window's hidden state (kept on the CPU) by the layer's output, in place:
+    one window's output beside the list, not a second list of every window's. Packed
+    weights are decoded once for all windows (``materialized``), not once per window."""
+    from compressor.parts.base import materialized
+    with materialized(layer):
+        for j, x in enumerate(hidden):
+            hidden[j] = run_layer(layer, x.to(device), kwargs).to("cpu")
+
+
 def move_all_but_layers(model: nn.Module, layers_path: str, device: torch.device | str) -> None:
-    """Put embeddings, norms, head and rotary tables on ``device``; leave the layers where they are."""
+    """Put embeddings, norms, head and rotary tables on ``device`` (or cast them: anything
+    ``Module.to`` takes); leave the layers where they are."""
     parent_path, _, attr = layers_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     layers = getattr(parent, attr)

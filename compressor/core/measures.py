@@ -18,13 +18,22 @@ import torch
 from compressor.parts.base import CompressedLinear
 
 
+_BLOCK = 1 << 24   # float32 elements of output_error's product per block (64 MB)
+
+
 def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
     """tr(ΔW G ΔWᵀ): the summed squared output error over the calibration tokens. The
-    product runs in float32 (the Gram's own precision; float64 doubled the report's cost),
-    the sum in float64."""
-    d = delta.detach().float()
-    g = gram.detach().to(device=d.device, dtype=torch.float32)
-    return float(((d @ g) * d).sum(dtype=torch.float64))
+    products run in float32 (the Gram's own precision; float64 doubled the report's cost),
+    over blocks of ΔW's rows so the scratch stays bounded (a 7B down_proj's full product is
+    180 MB), each block's sum in float64."""
+    g = gram.detach().to(device=delta.device, dtype=torch.float32)
+    rows, n = delta.shape
+    rb = max(1, min(rows, _BLOCK // max(n, 1)))
+    total = 0.0
+    for r in range(0, rows, rb):
+        d = delta[r:r + rb].detach().float()
+        total += float(((d @ g) * d).sum(dtype=torch.float64))
+    return total
 
 
 def relative_output_error(delta: torch.Tensor, w: torch.Tensor, gram: torch.Tensor,

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compressor.core.layer_io import capture_inputs, move_all_but_layers, run_layer
+from compressor.core.layer_io import capture_inputs, move_all_but_layers, propagate, run_layer
 from compressor.core.measures import (
     bits_per_weight,
     relative_output_error,
@@ -158,8 +158,7 @@ def sequential_compress(
             records.extend(layer_records)
         progress.advance("layers", 0, f"{note} propagate")
         t = time.perf_counter()
-        with materialized(layer):
-            hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
+        propagate(layer, hidden, kw, device)
         times["propagate"] += time.perf_counter() - t
         layer.to("cpu")
         if layer_io is not None:  # --- streaming: write layer i, free it
@@ -209,32 +208,36 @@ def compress_layer(i: int, layer: nn.Module, targets: dict[str, nn.Module], pref
             times["calibrate"] += time.perf_counter() - t
         say("compress")
         t = time.perf_counter()
-        rows.update(_compress_group(i, layer, {rel: targets[rel] for rel in group}, prefix,
-                                    layer_stats, stages, device, seed, grad_stats,
-                                    storage_dtype, dist, kind_of))
+        rows.update(_compress_group(i, layer, targets, group, prefix, layer_stats, stages,
+                                    device, seed, grad_stats, storage_dtype, dist, kind_of))
         times["compress"] += time.perf_counter() - t
     return [rows[rel] for rel in targets]
 
 
-def _compress_group(i: int, layer: nn.Module, targets: dict[str, nn.Module], prefix: str,
-                    layer_stats: dict[str, LinearStats], stages: list[Stage],
+def _compress_group(i: int, layer: nn.Module, targets: dict[str, nn.Module], group: list[str],
+                    prefix: str, layer_stats: dict[str, LinearStats], stages: list[Stage],
                     device: torch.device, seed: int,
                     grad_stats: dict[str, dict[str, torch.Tensor]] | None,
                     storage_dtype: torch.dtype | None, dist: Any | None,
                     kind_of: Callable[[str], str]) -> dict[str, ModuleRecord]:
-    """Compress ``targets`` (this rank's share, with ranks) and install them in ``layer``;
-    with ranks, receive the others' share. Returns rel -> report row."""
+    """Compress the ``group`` of ``targets`` (this rank's share, with ranks) and install them
+    in ``layer``; with ranks, receive the others' share. Returns rel -> report row.
+
+    Each compressed module also replaces its dense linear in ``targets`` (the caller's dict),
+    so the dense weight is freed as soon as it is compressed, not at the end of the layer."""
     rows: dict[str, ModuleRecord] = {}
-    owner = dist.assign(targets) if dist is not None and dist.active else None
+    owner = (dist.assign({rel: targets[rel] for rel in group})
+             if dist is not None and dist.active else None)
     with _guard(dist, f"the compression of layer {i}"):
-        for rel, linear in targets.items():
+        for rel in group:
             if owner is not None and owner[rel] != dist.rank:
                 continue  # another rank's share
             full = prefix + rel
             stats = with_gradients(layer_stats.pop(rel), (grad_stats or {}).get(full), device)
-            module, rec = compress_linear(full, i, kind_of(rel), linear, stats, stages,
+            module, rec = compress_linear(full, i, kind_of(rel), targets[rel], stats, stages,
                                           device, seed, storage_dtype)
             set_submodule(layer, rel, module)
+            targets[rel] = module
             rows[rel] = rec
             _log_numerics(rec)
     if owner is not None:  # --- distributed: every rank gets every module

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compressor.core.layer_io import capture_inputs, move_all_but_layers, run_layer
+from compressor.core.layer_io import capture_inputs, move_all_but_layers, propagate
 from compressor.core.pipeline import calibrate_layer, module_generator, with_gradients
 from compressor.core.stages import Stage
 from compressor.core.types import Target
@@ -71,7 +71,7 @@ def planning_pass(
                                 dtype=storage_dtype or linear.weight.dtype)
                 out[k][full] = st.method.run_plan_measure(target, st.cfg)
         del layer_stats
-        hidden = [run_layer(layer, x.to(device), kw).to("cpu") for x in hidden]
+        propagate(layer, hidden, kw, device)
         layer.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()

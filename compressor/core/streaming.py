@@ -4,14 +4,13 @@ The model is built on the meta device (parameters only; buffers such as rotary t
 real). Embeddings, final norm and head are read from the safetensors shards at start; each
 decoder layer's weights are read when the sequential pass reaches it, and once compressed and
 propagated, the layer is written to its own output shard and returned to the meta device. Host
-peak ≈ embeddings + head + one layer being compressed (and its compressed copy) + calibration
-activations (nsamples × seqlen × hidden floats, twice during propagation) + the Gram matrices of
-one layer.
+peak ≈ runtime + embeddings + head + one layer and the scratch of the matrix being compressed +
+the layer's Gram matrices + calibration activations (README, Scale; BENCHMARKS.md, Streaming).
 
 What cannot stream, and says so: statistics from a backward pass through the whole model
 (Fisher, |grad|: FWSVD, GWQ, data-aware LQ-LoRA) unless they are loaded from a --fisher-file
 computed where the model fits; resuming (``--resume``) and evaluation of the result (run
-``svdc eval`` separately).
+``svdc eval --stream`` separately).
 """
 
 from __future__ import annotations
@@ -24,79 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from compressor.core.shards import (
+    ShardReader,
+    free_module,
+    large_allocations_to_os,
+    load_module,
+    materialize_outside,
+    skeleton,
+)
 from compressor.errors import UserError
 
 log = logging.getLogger("svdc")
-
-
-class ShardReader:
-    """Where each tensor of a safetensors checkpoint lives; reads tensors by name or prefix.
-
-    Each read opens the shard and closes it afterwards, so no mapping of a shard stays resident.
-    """
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        index = self.folder / "model.safetensors.index.json"
-        if index.is_file():
-            self.where = dict(json.loads(index.read_text())["weight_map"])
-        else:
-            single = self.folder / "model.safetensors"
-            if not single.is_file():
-                raise UserError(f"{self.folder}: streaming reads safetensors checkpoints "
-                                "(model.safetensors or an index); convert this model first")
-            with safe_open(str(single), framework="pt") as f:
-                self.where = {k: "model.safetensors" for k in f.keys()}
-
-    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
-        by_file: dict[str, list[str]] = {}
-        for n in names:
-            by_file.setdefault(self.where[n], []).append(n)
-        out = {}
-        for fname, keys in by_file.items():
-            with safe_open(str(self.folder / fname), framework="pt") as f:
-                for k in keys:
-                    out[k] = f.get_tensor(k).clone()   # own memory: the file mapping is closed
-        return out
-
-    def with_prefix(self, prefix: str) -> list[str]:
-        return [k for k in self.where if k.startswith(prefix)]
-
-
-def skeleton(config: Any, dtype: torch.dtype) -> nn.Module:
-    """The model with every parameter on the meta device (no memory) and real buffers."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.eval()
-    return model
-
-
-def _set_tensor(model: nn.Module, name: str, value: torch.Tensor, dtype: torch.dtype) -> None:
-    from accelerate.utils import set_module_tensor_to_device
-    value = value.to(dtype) if value.is_floating_point() else value
-    set_module_tensor_to_device(model, name, "cpu", value=value)
-
-
-def materialize_outside(model: nn.Module, reader: ShardReader, layers_path: str,
-                        dtype: torch.dtype) -> None:
-    """Read every parameter outside the decoder layers (embeddings, norms, head)."""
-    prefix = layers_path + "."
-    names = [n for n, p in model.named_parameters(remove_duplicate=False)
-             if not n.startswith(prefix) and p.device.type == "meta"]
-    present = [n for n in names if n in reader.where]
-    for n, t in reader.read(present).items():
-        _set_tensor(model, n, t, dtype)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()
-    still = [n for n, p in model.named_parameters() if not n.startswith(prefix) and p.is_meta]
-    if still:
-        raise UserError(f"the checkpoint lacks {still[:3]}: not a complete model")
 
 
 class LayerStream:
@@ -104,21 +44,15 @@ class LayerStream:
     compressed layer to ``out/layer-XXXXX.safetensors`` and frees it after."""
 
     def __init__(self, model: nn.Module, reader: ShardReader, layers_path: str, out: Path,
-                 dtype: torch.dtype, storage_dtype: torch.dtype):
+                 storage_dtype: torch.dtype):
         self.model, self.reader, self.layers_path = model, reader, layers_path
-        self.out, self.dtype, self.storage_dtype = out, dtype, storage_dtype
+        self.out, self.storage_dtype = out, storage_dtype
         self.weight_map: dict[str, str] = {}
         self.specs: dict[str, Any] = {}
         self.total_bytes = 0
 
     def load(self, i: int, layer: nn.Module) -> None:
-        prefix = f"{self.layers_path}.{i}."
-        tensors = self.reader.read(self.reader.with_prefix(prefix))
-        for name, t in tensors.items():
-            _set_tensor(self.model, name, t, self.dtype)
-        left = [n for n, p in layer.named_parameters() if p.is_meta]
-        if left:
-            raise UserError(f"the checkpoint lacks {prefix}{left[0]}: not a complete model")
+        load_module(self.model, self.reader, f"{self.layers_path}.{i}.", layer, "cpu")
 
     def release(self, i: int, layer: nn.Module) -> None:
         from compressor.parts import CompressedLinear
@@ -138,18 +72,7 @@ class LayerStream:
         save_file(tensors, str(self.out / fname), metadata={"format": "pt"})
         self.weight_map.update({k: fname for k in tensors})
         self.total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
-        layer.to("meta")   # frees the layer's memory
-        _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the resident size
-    creeps up by a few freed layers' worth)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        free_module(layer)
 
 
 class ShardWeights(Mapping):
@@ -190,7 +113,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     )
     from compressor.models.device import checkpoint_dtype, resolve_dtype
     from compressor.models.resolve import resolve_model
-    from compressor.runtime import machine, versions
+    from compressor.runtime import machine, peak_memory, versions
 
     t_start = time.perf_counter()
     output = Path(recipe.output)
@@ -207,10 +130,11 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     storage_dtype = resolve_storage_dtype(recipe.storage_dtype,
                                           str(own).removeprefix("torch.") if own else None, dtype)
     tokenizer = AutoTokenizer.from_pretrained(res.path)
+    large_allocations_to_os()
     reader = ShardReader(res.path)
     model = skeleton(config, dtype)
     layers_path, layers = decoder_layers(model)
-    materialize_outside(model, reader, layers_path, dtype)
+    materialize_outside(model, reader, layers_path)
 
     inc, exc = recipe.targets.include, recipe.targets.exclude
     target_names = [f"{layers_path}.{i}.{rel}" for i, layer in enumerate(layers)
@@ -234,7 +158,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
         st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=storage_dtype) or {}
 
     with atomic_dir(output, force) as tmp:
-        stream = LayerStream(model, reader, layers_path, tmp, dtype, storage_dtype)
+        stream = LayerStream(model, reader, layers_path, tmp, storage_dtype)
         result = sequential_compress(
             model, layers_path, layers,
             targets_of=lambda layer: target_linears(layer, include=inc, exclude=exc),
@@ -253,7 +177,8 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
                   "totals": totals(written_entries(tmp), target_names, before_targets, before_model),
                   "stage_seconds": {**{f"layers.{k}": v for k, v in result.stage_seconds.items()},
                                     "total": time.perf_counter() - t_start},
-                  "versions": versions(), "machine": machine(device)}
+                  "versions": versions(), "machine": machine(device),
+                  "peak_memory": peak_memory(device)}
         report["totals"]["targets"]["bits_split"] = bits_split(tmp, target_names,
                                                                before_targets[0])
         (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str))

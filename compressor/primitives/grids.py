@@ -138,8 +138,24 @@ def scale_zero(w: Tensor, bits: int, sym: bool, mask: Tensor | None = None,
 
 
 def round_codes(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
-    """Nearest code (float) for ``w`` on the grid (broadcasting scale/zero)."""
-    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+    """Nearest code (float) for ``w`` on the grid (broadcasting scale/zero); one temporary
+    of ``w``'s size, the rest in place."""
+    return torch.div(w, scale).round_().add_(zero).clamp_(0, maxq)
+
+
+def _group_codes(w: Tensor, scale: Tensor, zero: Tensor, group_size: int, maxq: int) -> Tensor:
+    """uint8 codes of an (out, in) weight, each group's scale and zero broadcast over its
+    columns (no (out, in) copy of them); the ragged last group apart."""
+    out_f, in_f = w.shape
+    gl = group_len(in_f, group_size)
+    full = in_f // gl
+    codes = torch.empty(out_f, in_f, dtype=torch.uint8, device=w.device)
+    head = w[:, :full * gl].reshape(out_f, full, gl)
+    codes[:, :full * gl] = round_codes(head, scale[:, :full, None], zero[:, :full, None],
+                                       maxq).view(out_f, full * gl)
+    if full * gl < in_f:
+        codes[:, full * gl:] = round_codes(w[:, full * gl:], scale[:, full:], zero[:, full:], maxq)
+    return codes
 
 
 def group_grid(w: Tensor, bits: int, group_size: int, sym: bool, mask: Tensor | None = None,
@@ -151,14 +167,15 @@ def group_grid(w: Tensor, bits: int, group_size: int, sym: bool, mask: Tensor | 
     gl = group_len(in_f, group_size)
     ng = n_groups(in_f, group_size)
     pad = ng * gl - in_f
-    excl = torch.zeros_like(w, dtype=torch.bool) if mask is None else mask.to(torch.bool)
-    wp = torch.cat([w, w.new_zeros(out_f, pad)], 1).view(out_f, ng, gl)
-    mp = torch.cat([excl, excl.new_ones(out_f, pad)], 1).view(out_f, ng, gl)
+    wp = (torch.cat([w, w.new_zeros(out_f, pad)], 1) if pad else w).reshape(out_f, ng, gl)
+    mp = None                                   # no copies when nothing is masked or padded
+    if mask is not None or pad:
+        excl = torch.zeros_like(w, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+        mp = torch.cat([excl, excl.new_ones(out_f, pad)], 1).view(out_f, ng, gl)
     cw = None
     if mse_weight is not None:
         cw = torch.cat([mse_weight.to(w.dtype), w.new_zeros(pad)]).view(ng, gl)
-    return scale_zero(wp, bits, sym, mp if (mask is not None or pad) else None,
-                       mse_grid, mse_maxshrink, mse_norm, cw)
+    return scale_zero(wp, bits, sym, mp, mse_grid, mse_maxshrink, mse_norm, cw)
 
 
 def quantize_rtn(w: Tensor, bits: int, group_size: int = 128, sym: bool = False,
@@ -171,13 +188,13 @@ def quantize_rtn(w: Tensor, bits: int, group_size: int = 128, sym: bool = False,
     in_f = w.shape[1]
     excl = None if mask is None else mask.to(torch.bool)
     scale, zero = group_grid(w, bits, group_size, sym, excl, mse_grid, mse_maxshrink, mse_norm)
-    gidx = group_index(in_f, group_size, w.device)
-    codes = round_codes(w, scale[:, gidx], zero[:, gidx], 2 ** bits - 1)
+    codes = _group_codes(w, scale, zero, group_size, 2 ** bits - 1)
     outliers = None
     if excl is not None:
-        codes = torch.where(excl, zero[:, gidx], codes)
+        gidx = group_index(in_f, group_size, w.device)
+        codes = torch.where(excl, zero[:, gidx].to(torch.uint8), codes)
         outliers = torch.where(excl, w, torch.zeros_like(w))
-    return UniformQ(codes.to(torch.uint8), scale, zero, bits, group_size, sym, outliers)
+    return UniformQ(codes, scale, zero, bits, group_size, sym, outliers)
 
 
 def dequantize(q: UniformQ) -> Tensor:

@@ -1,5 +1,5 @@
 """Activation memory checked before calibrating: the sequential pass keeps every window's
-hidden states on the CPU (twice while a layer propagates), so a huge --nsamples is refused
+hidden states on the CPU (each replaced in place as a layer propagates), so a huge --nsamples is refused
 with the number instead of dying of out-of-memory an hour later."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def available_bytes() -> int | None:
 
 
 def activation_bytes(nsamples: int, seqlen: int, hidden: int, elem_bytes: int) -> int:
-    """Hidden states in and out of one layer for every window, plus the token ids."""
-    return 2 * nsamples * seqlen * hidden * elem_bytes + nsamples * seqlen * 8
+    """Every window's hidden state and one window's layer output, plus the token ids."""
+    return (nsamples + 1) * seqlen * hidden * elem_bytes + nsamples * seqlen * 8
 
 
 def check_activation_memory(nsamples: int, seqlen: int, hidden: int | None, elem_bytes: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch.utils.weak import WeakIdKeyDictionary
+
 from compressor.core.method import Method, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
@@ -22,16 +24,19 @@ class GPTQ(Method):
     def __init__(self) -> None:
         super().__init__()
         # Linears fed the same input (q/k/v, gate/up) get the same Gram tensor object from
-        # the stats collector, one after the other: factor it once. Holding the tensor keeps
-        # its storage alive, so identity (plus its version counter) is a safe key.
-        self._cache: tuple | None = None
+        # the stats collector, one after the other: factor it once. Keyed weakly by identity
+        # (plus its version counter): the factor goes with the Gram's last user instead of
+        # staying resident (two in×in matrices) while the next layer is read and calibrated.
+        self._cache = WeakIdKeyDictionary()
 
     def _hessian(self, gram, cfg: GPTQConfig, device) -> GPTQHessian:
         key = (cfg.percdamp, cfg.act_order, cfg.max_retries, str(device), gram._version)
-        if self._cache is not None and self._cache[0] is gram and self._cache[1] == key:
-            return self._cache[2]
+        hit = self._cache.get(gram)
+        if hit is not None and hit[0] == key:
+            return hit[1]
         h = prepare_hessian(gram, cfg.percdamp, cfg.act_order, cfg.max_retries, device)
-        self._cache = (gram, key, h)
+        self._cache.clear()
+        self._cache[gram] = (key, h)
         return h
 
     def true_sequential(self, cfg: GPTQConfig) -> bool:

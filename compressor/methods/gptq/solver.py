@@ -51,7 +51,7 @@ def prepare_hessian(gram: Tensor, percdamp: float = 0.01, act_order: bool = Fals
     GPTQ uses only ratios of Hinv entries.
     """
     H = gram.detach().to(device=device if device is not None else gram.device,
-                         dtype=torch.float64).clone()
+                         dtype=torch.float64, copy=True)
     in_f = H.shape[0]
     if H.ndim != 2 or H.shape[1] != in_f or not bool(torch.isfinite(H).all()):
         raise ValueError(f"GPTQ: gram must be a finite square matrix, got {tuple(H.shape)}; "
@@ -63,16 +63,19 @@ def prepare_hessian(gram: Tensor, percdamp: float = 0.01, act_order: bool = Fals
     if act_order:
         perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
         H = H[perm][:, perm]
-    base = torch.diagonal(H).mean().clamp(min=1e-8)   # a gram's diagonal is >= 0
+    undamped = torch.diagonal(H).clone()
+    base = undamped.mean().clamp(min=1e-8)   # a gram's diagonal is >= 0
     damp, retries = percdamp * base, 0
-    eye = torch.eye(in_f, dtype=H.dtype, device=H.device)
+    # H + damp·I is formed in place on H's diagonal (from the undamped one on each try).
     while True:      # the upper Cholesky factor of H^-1, as in the paper
         # With J the reversal, J H J = L Lᵀ gives H^-1 = (J L^-1 J)ᵀ (J L^-1 J), and J L^-1 J
         # is upper triangular: one Cholesky and one triangular inverse, not Cholesky, inverse
         # and a second Cholesky.
-        L, err = torch.linalg.cholesky_ex((H + damp * eye).flip(0, 1))
+        torch.diagonal(H).copy_(undamped + damp)
+        L, err = torch.linalg.cholesky_ex(H.flip(0, 1))
         if int(err) == 0:
             Hinv = lower_triangular_inverse(L).flip(0, 1)
+            del L
             if bool(torch.isfinite(Hinv).all()):
                 break
         if retries >= max_retries:
@@ -149,7 +152,7 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
         WT, gidx = WT[perm], gidx[perm]
         if has_mask:
             exclT = exclT[perm]
-    codesT = torch.empty_like(WT)
+    codesT = torch.empty(WT.shape, dtype=torch.uint8, device=W.device)   # integral: exact
     keptT = torch.zeros_like(WT) if has_mask else None
     lazy = grid == "block-lazy"
     for i1 in range(0, in_f, blocksize):
@@ -199,5 +202,5 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
     kept = None if keptT is None else keptT.t().contiguous()
     info = {"damp": hessian.damp, "percdamp": percdamp, "retries": hessian.retries,
             "dead_columns": int(hessian.dead.sum())}
-    q = UniformQ(codes.to(torch.uint8), scale, zero, bits, group_size, sym, kept)
+    q = UniformQ(codes, scale, zero, bits, group_size, sym, kept)
     return q, info
