@@ -266,9 +266,10 @@ def _peer(out_dir: Path, note: str | None = None) -> list[str]:
         return ["Not run yet: `python scripts/peer_llmcompressor.py --threads 1`.", ""]
     d = json.loads(f.read_text())
     lines = [f"Command: `{d.get('command')}` — {d['bits']} bit, group {d['group_size']}, asymmetric, "
-             f"damping 1%, block 128, no act-order, lm_head kept; the same "
+             f"damping 1%, block 128, lm_head kept (svdc: its default GPTQ, act-order and the weighted "
+             f"range search; llm-compressor: act-order as each row names it); the same "
              f"{d['windows'].get('shape', ['?', '?'])[0]}×{d['windows'].get('shape', ['?', '?'])[1]} calibration token "
-             f"windows (saved from `compressor.data.calibration_windows`) for both tools; perplexity of all three by "
+             f"windows (saved from `compressor.data.calibration_windows`) for both tools; perplexity of every model by "
              f"svdc's `evaluate` on the same {d['eval'].get('max_windows') or 'all'} windows. Machine: "
              f"{d['machine'].get('cpu_cores')} cores {d['machine'].get('cpu_model')}, one torch thread per process.", ""]
     inst = d.get("install", {})
