@@ -20,7 +20,7 @@ import transformers  # noqa: F401
 import compressor.core.pipeline as pipeline
 import compressor.core.streaming as streaming
 
-_phase, _peaks, _after = ["start"], {}, {}
+_phase, _peaks, _after = [""], {}, {}
 
 
 def _rss() -> int:
@@ -79,9 +79,9 @@ def main() -> None:
     _wrap(pipeline, "compress_linear", _linear_label)
     from compressor.recipe import parse_recipe
     base = _rss()
+    _phase[0] = "setup (config, tokenizer, calibration text, skeleton, embeddings, head)"
     threading.Thread(target=_sample, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
-        _phase[0] = "setup (config, tokenizer, calibration text, skeleton, embeddings, head)"
         streaming.stream_compress(parse_recipe({
             "model": a.model, "output": f"{tmp}/out", "stages": [stage],
             "calibration": {"dataset": "builtin", "nsamples": 2, "seqlen": 32, "seed": 0}}))

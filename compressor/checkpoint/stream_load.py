@@ -44,7 +44,7 @@ class StreamedLayers:
         self.model, self.reader, self.layers_path, self.layers = model, reader, layers_path, layers
         self.aliases, self.cast = aliases, cast
         self._held: set[int] = set()
-        self.reads = 0              # layer reads so far (tests and logs: once per layer per pass)
+        self.reads = 0              # layer reads so far (a layer-major pass reads each once)
         self._hooks = []
         for i, layer in enumerate(layers):
             self._hooks.append(layer.register_forward_pre_hook(partial(self._before, i),
