@@ -122,3 +122,25 @@ def _user_errors(where: str) -> Iterator[None]:
         raise
     except ValueError as e:
         raise UserError(f"{where}: {e}") from e
+
+
+class SharedInputCache:
+    """One value derived from a Gram (a factorization, an eigendecomposition), reused while
+    linears fed the same input (q/k/v, gate/up) are compressed one after the other: the
+    stats collector hands them the same Gram tensor. Keyed weakly by identity plus the
+    tensor's version counter, and holding one entry only, so the value goes with the Gram's
+    last user instead of staying resident while the next layer is read."""
+
+    def __init__(self) -> None:
+        from torch.utils.weak import WeakIdKeyDictionary
+        self._entries = WeakIdKeyDictionary()
+
+    def get(self, gram: torch.Tensor, key: Any, compute: Any) -> Any:
+        key = (key, gram._version)
+        hit = self._entries.get(gram)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = compute()
+        self._entries.clear()
+        self._entries[gram] = (key, value)
+        return value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import compressor.methods.eora.factors as eora
 from compressor.core.measures import output_error, relative_output_error
-from compressor.core.method import Method, require_stat
+from compressor.core.method import Method, SharedInputCache, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
 from compressor.errors import UserError
@@ -35,16 +35,10 @@ class EoRA(Method):
 
     def __init__(self) -> None:
         super().__init__()
-        # Linears fed the same input (q/k/v, gate/up) get the same Gram tensor object, one
-        # after the other: decompose it once (identity + version counter, as GPTQ's cache).
-        self._cache: tuple | None = None
+        self._cache = SharedInputCache()   # q/k/v (and gate/up) share one eigendecomposition
 
     def _eigen(self, gram):
-        if self._cache is not None and self._cache[0] is gram and self._cache[1] == gram._version:
-            return self._cache[2]
-        eig = eora.gram_eigen(gram)
-        self._cache = (gram, gram._version, eig)
-        return eig
+        return self._cache.get(gram, None, lambda: eora.gram_eigen(gram))
 
     def compress(self, target: Target, cfg: EoraConfig,
                  previous: CompressedLinear | None = None) -> Compressed:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from torch.utils.weak import WeakIdKeyDictionary
-
-from compressor.core.method import Method, require_stat
+from compressor.core.method import Method, SharedInputCache, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
 from compressor.methods.gptq.solver import GPTQHessian, gptq_quantize, prepare_hessian
@@ -23,21 +21,12 @@ class GPTQ(Method):
 
     def __init__(self) -> None:
         super().__init__()
-        # Linears fed the same input (q/k/v, gate/up) get the same Gram tensor object from
-        # the stats collector, one after the other: factor it once. Keyed weakly by identity
-        # (plus its version counter): the factor goes with the Gram's last user instead of
-        # staying resident (two in×in matrices) while the next layer is read and calibrated.
-        self._cache = WeakIdKeyDictionary()
+        self._cache = SharedInputCache()   # q/k/v (and gate/up) share one factorization
 
     def _hessian(self, gram, cfg: GPTQConfig, device) -> GPTQHessian:
-        key = (cfg.percdamp, cfg.act_order, cfg.max_retries, str(device), gram._version)
-        hit = self._cache.get(gram)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        h = prepare_hessian(gram, cfg.percdamp, cfg.act_order, cfg.max_retries, device)
-        self._cache.clear()
-        self._cache[gram] = (key, h)
-        return h
+        return self._cache.get(gram, (cfg.percdamp, cfg.act_order, cfg.max_retries, str(device)),
+                               lambda: prepare_hessian(gram, cfg.percdamp, cfg.act_order,
+                                                       cfg.max_retries, device))
 
     def true_sequential(self, cfg: GPTQConfig) -> bool:
         return cfg.true_sequential
