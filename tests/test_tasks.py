@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor import cli
+from cli_runner import run_cli  # noqa: E402 (tests/ is on sys.path: conftest)
 from compressor.api import compress
 from compressor.errors import UserError
 from compressor.recipe import parse_recipe
@@ -19,12 +19,6 @@ TASK_DIR = Path(__file__).resolve().parent / "data" / "tasks"
 TASK_YAML = TASK_DIR / "tiny_mc.yaml"
 
 
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["svdc", *args])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ windows and layers)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
 import compressor
-from compressor import cli
+from cli_runner import run_cli  # noqa: E402 (tests/ is on sys.path: conftest)
 from compressor.api import compress
 from compressor.checkpoint.stream_load import streamed_layers
 from compressor.core.streaming import stream_compress
@@ -86,12 +85,6 @@ def test_streamed_load_gives_the_same_logits(outputs, which):
     assert _layers_on_meta(model)
 
 
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["svdc", *args])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize("which", ["dense", "rtn4"])

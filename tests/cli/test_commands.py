@@ -8,17 +8,12 @@ import sys
 import pytest
 import torch
 
+from cli_runner import run_cli  # noqa: E402 (tests/ is on sys.path: conftest)
 from compressor import cli
 
 FAST = ["--calib", "builtin", "--nsamples", "2", "--seqlen", "32"]
 
 
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["svdc", *args])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
