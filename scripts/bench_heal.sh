@@ -22,6 +22,7 @@ for id in "$@"; do
     wsvd-r0.2+heal) run "$id" --method whitened-svd --ratio 0.2 ;;
     wsvd-r0.3+heal) run "$id" --method whitened-svd --ratio 0.3 ;;
     gptq-w3+eora-r32+heal) run "$id" --method eora --bits 3 --group-size 128 --rank 32 ;;
+    lqlora-r8-b3.375+heal) run "$id" --recipe scripts/heal_rows/lqlora-r8-b3.375.yaml ;;
     *) echo "unknown row $id"; exit 2 ;;
   esac
 done

@@ -55,7 +55,8 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         model_obj, tok = load_streamed_any(model, dtype, dev, verify=not no_verify,
                                            trust_remote_code=trust_remote_code)
     else:
-        model_obj, tok = load_any(model, dtype, verify=not no_verify, trust_remote_code=trust_remote_code)
+        model_obj, tok = load_any(model, dtype, verify=not no_verify, trust_remote_code=trust_remote_code,
+                                  device=dev)
         model_obj.to(dev)
     results = []
     if datasets:
@@ -116,13 +117,28 @@ def tasks_table(res: dict[str, Any], title: str) -> Table:
     return tab
 
 
-def load_any(spec: str, dtype: str = "auto", verify: bool = True, trust_remote_code: bool = False):
-    """An svdc output folder (rebuilt with its compressed modules, weights verified) or a
-    plain model."""
+def output_dtype(folder: str | Path, dtype: str, device: Any):
+    """The compute dtype of an svdc output, chosen as for a plain model: an explicit
+    --dtype, else ("auto") float32 on the CPU and the stored dtype on CUDA. So `svdc eval`
+    on the CPU reproduces the report's perplexity, which was measured in float32."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from compressor.models.device import resolve_dtype
+    config = json.loads((Path(folder) / "config.json").read_text())
+    declared = SimpleNamespace(dtype=config.get("dtype") or config.get("torch_dtype"))
+    return resolve_dtype(dtype, declared, torch.device(device))
+
+
+def load_any(spec: str, dtype: str = "auto", verify: bool = True, trust_remote_code: bool = False,
+             device: Any = "cpu"):
+    """An svdc output folder (rebuilt with its compressed modules, weights verified, cast to
+    ``output_dtype``) or a plain model."""
     from compressor.checkpoint import is_compressed_folder, load_compressed
     if Path(spec).is_dir() and is_compressed_folder(spec):
         from transformers import AutoTokenizer
-        return (load_compressed(spec, verify=verify),
+        return (load_compressed(spec, verify=verify, dtype=output_dtype(spec, dtype, device)),
                 AutoTokenizer.from_pretrained(spec, trust_remote_code=False))
     from compressor.models import load_model
     m, tok, _ = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
@@ -141,7 +157,8 @@ def load_streamed_any(spec: str, dtype: str, device: Any, verify: bool = True,
     from compressor.models.device import resolve_dtype
     from compressor.models.resolve import resolve_model
     if Path(spec).is_dir() and is_compressed_folder(spec):
-        return (load_streamed(spec, device=device, verify=verify),
+        return (load_streamed(spec, device=device, verify=verify,
+                              dtype=output_dtype(spec, dtype, device)),
                 AutoTokenizer.from_pretrained(spec, trust_remote_code=False))
     if trust_remote_code:
         raise UserError("--stream builds models from transformers' own classes; a model that "

@@ -187,9 +187,11 @@ def _copy_verified(sources: list[tuple[Path, str]], out: Path, sha256: str, what
     return out
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
+def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = CONVERTED_DTYPE) -> None:
+    """Dequantize ``gguf`` into a safetensors checkpoint in ``dtype`` (the cache uses the
+    published dtype; scripts/convert_gguf.py writes others, e.g. float32 for old benchmarks)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    dtype_name = str(CONVERTED_DTYPE).removeprefix("torch.")
+    dtype_name = str(dtype).removeprefix("torch.")
     log.info("converting %s to a %s safetensors checkpoint (once; about a minute)", gguf.name,
              dtype_name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -202,7 +204,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     drop_quantizer(model)
     # the published checkpoint's dtype: low-rank factors and kept tensors are then written in
     # bf16 too (storage dtype "auto"), as they would be from the Hub checkpoint
-    model.to(CONVERTED_DTYPE)
+    model.to(dtype)
     model.config.dtype = dtype_name
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -99,6 +99,21 @@ def test_svdc_eval_stream_equals_svdc_eval(outputs, which, capsys, monkeypatch):
     assert streamed["dtype"] == whole["dtype"] == "float32"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_svdc_eval_casts_an_output_to_the_asked_dtype(outputs, stream, capsys, monkeypatch):
+    """--dtype applies to svdc outputs too (it used to be ignored for them)."""
+    args = ["eval", str(outputs["rtn4"]), "--seqlen", "64", "--max-windows", "2", "--json",
+            *(["--stream"] if stream else [])]
+    code, out, err = run_cli([*args, "--dtype", "bfloat16"], capsys, monkeypatch)
+    assert code == 0, err
+    half = json.loads(out)
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    auto = json.loads(out)
+    assert half["dtype"] == "bfloat16" and auto["dtype"] == "float32"   # auto on the CPU
+    assert half["ppl"] != auto["ppl"]
+
+
 def test_svdc_eval_stream_runs_tasks_through_the_hooks(outputs, capsys, monkeypatch):
     pytest.importorskip("lm_eval", reason="needs the eval extra: pip install 'svdc[eval]'")
     from pathlib import Path
