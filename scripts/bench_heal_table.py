@@ -13,6 +13,8 @@ print("| row | bits/weight | params kept | ppl without heal | ppl with heal | he
 print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
 for rep_path in sorted(out.glob("*/report.json")):
     r = json.loads(rep_path.read_text())
+    if not r.get("heal"):          # a comparison run without heal in the same folder
+        continue
     h, t, s = r["heal"], r["totals"]["targets"], r["stage_seconds"]
     before, after = h["eval_before"][0]["ppl"], r["eval"][0]["ppl"]
     L = h["losses"]

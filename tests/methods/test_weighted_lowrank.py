@@ -8,6 +8,7 @@ import torch
 
 from compressor.core.registry import get_method
 from compressor.core.types import LinearStats, Target
+from compressor.errors import MissingStatistic
 from compressor.primitives.linalg import (
     two_sided_truncation,
     whitened_truncation,
@@ -200,6 +201,69 @@ def test_lq_output_error_variant_measures_and_lowers_the_output_error():
     assert e < out_err(W - dequantize_nf(q0) - b0 @ a0, Gd)
     est = lq_plan_errors(W, 4, [quant], whiten=L, generator=gen(0), svd_method="full")[0]
     assert e <= est * (1 + 1e-6)                  # the planning estimate is an upper bound
+
+
+def test_lq_fisher_output_error_is_the_row_weighted_output_error():
+    """error: fisher-output minimizes tr(D_F ΔW G ΔWᵀ): its reported error is that trace, its
+    rank step is the exact minimizer for the quantized part it keeps, and it beats the plain
+    output-error decomposition in that metric when the rows' Fisher is uneven."""
+    from compressor.methods.lqlora.budget import NFConfig, nf_quantizer
+    from compressor.methods.lqlora.decompose import lq_decompose, lq_plan_errors
+    from compressor.primitives.grids import dequantize_nf
+    g = gen(50)
+    W = torch.randn(40, 32, generator=g) * 0.05
+    G = gram_of(32, 51)
+    L, _ = whitening(G, 0.01)
+    Gd = L.double() @ L.double().T
+    f = torch.rand(40, generator=g).double() * 0.1
+    f[:5] = 25.0                                  # a few output channels the loss depends on
+    r = f.sqrt()
+    quant = nf_quantizer(NFConfig(2, 32))
+
+    def ferr(dw):
+        return out_err(dw * r[:, None], Gd)
+    q, a, b, info = lq_decompose(W, 4, quant, max_iters=10, whiten=L, row_weight=r)
+    dq = W.double() - dequantize_nf(q).double()
+    assert info["abs_error"] == pytest.approx(ferr(dq - (b @ a).double()), rel=1e-4)
+    # the rank-4 step is optimal for its Q: the SVD of diag(r)·(W − Q)·L, weighting undone
+    u, s, vh = torch.linalg.svd((dq * r[:, None]) @ L.double())
+    assert ferr(dq - (b @ a).double()) == pytest.approx(float(s[4:].pow(2).sum()), rel=1e-4)
+    q0, a0, b0, _ = lq_decompose(W, 4, quant, max_iters=10, whiten=L)    # plain output error
+    assert info["abs_error"] < ferr(W.double() - dequantize_nf(q0).double() - (b0 @ a0).double())
+    est = lq_plan_errors(W, 4, [quant], whiten=L, row_weight=r, generator=gen(0),
+                         svd_method="full")[0]
+    assert info["abs_error"] <= est * (1 + 1e-6)
+    with pytest.raises(ValueError, match="column weights"):
+        lq_decompose(W, 4, quant, whiten=L, col_weight=torch.ones(32))
+
+
+def test_lq_fisher_output_plan_follows_the_fisher_not_the_output_scale():
+    """Two matrices: one with 100x louder outputs, the other with 10⁴x the Fisher per output
+    (its errors cost more loss). The output-error plan favours the loud one, the
+    Fisher-weighted plan the one the loss depends on."""
+    m = get_method("lqlora")()
+    g = gen(60)
+    names = ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+    weights = {k: torch.randn(64, 64, generator=g) * 0.05 for k in names}
+    grams = {names[0]: gram_of(64, 61) * 100, names[1]: gram_of(64, 62)}
+    fisher = {names[0]: torch.ones(64), names[1]: torch.full((64,), 1e4)}
+    plans = {}
+    for error in ("output", "fisher-output"):
+        cfg = m.Config(bits=3.8, rank=2, nf_bits=[2, 3, 4], block_sizes=[64], error=error)
+        stats = {k: LinearStats(gram=grams[k], fisher_rows=fisher[k]) for k in names}
+        measures = {k: m.plan_measure(target(weights[k], stats[k], name=k), cfg) for k in names}
+        plans[error] = m.plan(weights, cfg, dtype=torch.float32, measures=measures)
+        out = m.compress(target(weights[names[1]], stats[names[1]], plans[error][names[1]],
+                                dtype=torch.float32, name=names[1]), cfg)
+        assert out.info["error_kind"] == error
+    assert plans["output"][names[0]]["nf_bits"] > plans["output"][names[1]]["nf_bits"]
+    assert plans["fisher-output"][names[1]]["nf_bits"] > plans["fisher-output"][names[0]]["nf_bits"]
+    cfg = m.Config(error="fisher-output")
+    assert m.needs_for(cfg) == frozenset({"gram", "fisher_rows"})
+    assert m.plan_needs_for(cfg) == frozenset({"gram"})
+    with pytest.raises(MissingStatistic, match="Fisher row"):
+        m.compress(target(weights[names[1]], LinearStats(gram=grams[names[1]]),
+                          plans["output"][names[1]], dtype=torch.float32, name=names[1]), cfg)
 
 
 def test_lq_plan_from_measures_and_16bit_factors_meet_the_budget():

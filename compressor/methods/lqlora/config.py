@@ -26,10 +26,14 @@ class LQLoRAConfig(MethodConfig):
         "Alternations per candidate configuration while planning. 1 (default): one step of "
         "the paper's sequence with the first low-rank fit shared by all candidates (an upper "
         "bound of the final error, ~4x cheaper); more: full alternations per candidate."))
-    error: Literal["output", "fisher", "weight"] = Field("output", description=(
+    error: Literal["output", "fisher-output", "fisher", "weight"] = Field("output", description=(
         "What the decomposition and the ILP minimize. 'output': the output error on the "
         "calibration inputs, tr(ΔW G ΔWᵀ) with G the layer's Gram (the rank step is a whitened "
         "truncation; the plan gathers Grams in one forward pass of the uncompressed model). "
+        "'fisher-output': that error weighted by each output channel's Fisher (summed squared "
+        "loss gradients), tr(D_F ΔW G ΔWᵀ), a first-order estimate of the loss increase, so "
+        "the ILP compares matrices of different layers in one unit (the plain output error "
+        "grows with depth and starves early layers); needs a backward pass. "
         "'fisher': the paper's Fisher-weighted ‖diag(√F_rows) ΔW diag(√F_cols)‖² (needs a "
         "backward pass). 'weight': the data-free ‖ΔW‖²."))
     fisher_weighted: bool = Field(False, description=(

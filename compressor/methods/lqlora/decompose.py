@@ -9,7 +9,10 @@ P(X), linear in X, and the rank-r step is exact there:
   column weights; SVD of diag(r)(W − Q)diag(c), then divide the weights out;
 * output error on the calibration inputs: P(X) = X·L with XᵀX = L Lᵀ (the layer's Gram), so
   ‖P(W − Q − BA)‖² = tr(ΔW G ΔWᵀ); the rank step is SVD-LLM's whitened truncation of W − Q
-  (undone with a triangular solve).
+  (undone with a triangular solve);
+* Fisher-weighted output error: P(X) = diag(r)·X·L with r² the output channels' Fisher
+  (summed squared loss gradients), ‖P(ΔW)‖² = tr(D_F ΔW G ΔWᵀ), the first-order estimate of
+  the loss increase (comparable across layers, unlike the plain output error).
 
 The quantizer itself stays unweighted (NF is data-free), as in the paper.
 """
@@ -36,12 +39,12 @@ class _Objective:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float64)
-        if self.L is not None:
-            return x @ self.L
         if self.r is not None:
             x = x * self.r[:, None]
         if self.c is not None:
             x = x * self.c[None, :]
+        if self.L is not None:
+            x = x @ self.L
         return x
 
     def lowrank(self, px: torch.Tensor, rank: int, generator, method
@@ -72,7 +75,9 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
     ``quantizer(x) -> (dequantized x, q object)``. ``row_weight`` (out,) / ``col_weight``
     (in,) are the √Fisher weights of the weighted variant (raised to a small positive floor
     so the weighting can be undone); ``whiten`` is a lower-triangular L with L Lᵀ = the
-    (damped) calibration Gram, for the output-error variant (not with row/col weights).
+    (damped) calibration Gram, for the output-error variant, optionally with row weights
+    (the Fisher-weighted output error; column weights and whitening both weight the input
+    side, so not together).
     As in the paper, the sequence starts from Q⁽⁰⁾ = 0 (L = SVD_r(W) first, then
     Q = quantize(W − L)) and alternates; a step whose error rises ends the loop.
     Quantization first (Q = quantize(W), then L = the best rank-r fit of W − Q) is kept as
@@ -85,8 +90,8 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
     check_rank(m, n, rank, "the LQ-LoRA matrix", zero_ok=True)
     if max_iters < 0:
         raise ValueError("max_iters must be >= 0")
-    if whiten is not None and (row_weight is not None or col_weight is not None):
-        raise ValueError("give either Fisher row/column weights or a whitening factor, not both")
+    if whiten is not None and col_weight is not None:
+        raise ValueError("give either Fisher column weights or a whitening factor, not both")
     w = w.float()
     floored = 0
     r = c = L = None

@@ -58,13 +58,19 @@ def _weighting(target: Target, cfg: LQLoRAConfig) -> dict[str, Any]:
     if cfg.error == "fisher":
         rw, cw = _fisher_weights(target.stats.fisher, target.name)
         return {"row_weight": rw, "col_weight": cw}
-    if cfg.error == "output":
+    if cfg.error in ("output", "fisher-output"):
         gram = target.stats.gram
         if gram is None:
-            raise MissingStatistic(f"{target.name}: error 'output' needs the calibration Gram; "
-                                   f"give the stage calibration data (or use error: weight)")
+            raise MissingStatistic(f"{target.name}: error '{cfg.error}' needs the calibration "
+                                   f"Gram; give the stage calibration data (or use error: weight)")
         L, _ = whitening(gram.to(target.weight.device), cfg.percdamp)
-        return {"whiten": L}
+        if cfg.error == "output":
+            return {"whiten": L}
+        rows = target.stats.fisher_rows
+        if rows is None:
+            raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher row "
+                                   f"sums (a backward pass); they were not collected")
+        return {"whiten": L, "row_weight": rows.to(torch.float64).clamp_min(0).sqrt()}
     return {}
 
 
@@ -81,12 +87,13 @@ class LQLoRA(Method):
     @classmethod
     def needs_for(cls, cfg: LQLoRAConfig) -> frozenset[str]:
         """Statistics compress() reads: the Gram (output error) or the Fisher (weighted)."""
-        return {"output": frozenset({"gram"}), "fisher": frozenset({"fisher"})}.get(
-            cfg.error, frozenset())
+        return {"output": frozenset({"gram"}), "fisher-output": frozenset({"gram", "fisher_rows"}),
+                "fisher": frozenset({"fisher"})}.get(cfg.error, frozenset())
 
     def plan_needs_for(self, cfg: LQLoRAConfig) -> frozenset[str]:
         """The ILP's output errors need each target's Gram before any matrix is compressed."""
-        return frozenset({"gram"}) if cfg.mixed and cfg.error == "output" else frozenset()
+        return (frozenset({"gram"}) if cfg.mixed and cfg.error in ("output", "fisher-output")
+                else frozenset())
 
     def _error_row(self, w: torch.Tensor, cfg: LQLoRAConfig, configs: list[NFConfig],
                    weighting: dict[str, Any], generator: torch.Generator | None) -> list[float]:
@@ -105,7 +112,8 @@ class LQLoRA(Method):
         return row
 
     def plan_measure(self, target: Target, cfg: LQLoRAConfig) -> list[float]:
-        """Output error tr(ΔW G ΔWᵀ) of every candidate configuration on this target."""
+        """Output error tr(ΔW G ΔWᵀ) (Fisher-weighted: tr(D_F ΔW G ΔWᵀ)) of every candidate
+        configuration on this target."""
         configs = candidate_configs(cfg.nf_bits, cfg.block_sizes)
         check_rank(*target.weight.shape, cfg.rank, target.name, zero_ok=True)
         return self._error_row(target.weight, cfg, configs, _weighting(target, cfg),
@@ -136,7 +144,7 @@ class LQLoRA(Method):
         if floor > cfg.bits:
             raise UserError(f"the budget {cfg.bits} bits/weight is below the smallest configuration "
                             f"{floor:.3f} (rank {cfg.rank} included); raise --bits or lower --rank")
-        if cfg.error == "output":
+        if cfg.error in ("output", "fisher-output"):
             if measures is None:
                 raise ValueError("error 'output' plans from calibration Grams, and none were "
                                  "measured (run it through the pipeline, or use error: weight)")
