@@ -293,3 +293,33 @@ def test_lq_plan_from_measures_and_16bit_factors_meet_the_budget():
         from compressor.parts.lowrank import LowRankPart
         assert LowRankPart.from_spec(low.spec(), torch.float32).A.dtype == torch.float16
     assert total / sum(w.numel() for w in weights.values()) <= 3.8 + 1e-9
+
+
+def test_lq_gptq_rounding_keeps_the_grid_and_lowers_the_output_error():
+    """rounding: gptq keeps nearest rounding's NF block scales and storage; with a diagonal
+    Gram it is nearest rounding exactly (no error to push), with a correlated one its output
+    error is lower."""
+    from compressor.methods.gptq.solver import prepare_hessian
+    from compressor.methods.lqlora.budget import NFConfig, nf_gptq_quantizer, nf_quantizer
+    from compressor.methods.lqlora.decompose import lq_decompose
+    g = gen(70)
+    W = torch.randn(24, 48, generator=g) * 0.05
+    conf = NFConfig(3, 32)
+    diag = torch.diag(torch.rand(48, generator=g) + 0.5)
+    d_near, q_near = nf_quantizer(conf)(W)
+    d_diag, q_diag = nf_gptq_quantizer(conf, prepare_hessian(diag, 0.01, act_order=True))(W)
+    assert torch.equal(q_diag.codes, q_near.codes) and torch.equal(d_diag, d_near)
+    G = gram_of(48, 71)
+    d_g, q_g = nf_gptq_quantizer(conf, prepare_hessian(G, 0.01, act_order=True))(W)
+    assert torch.equal(q_g.absmax, q_near.absmax) and q_g.codes.dtype == torch.uint8
+    Gd = G.double()
+    assert out_err(W - d_g, Gd) < 0.9 * out_err(W - d_near, Gd)
+    L, _ = whitening(G, 0.01)
+    h = prepare_hessian(G, 0.01, act_order=True)
+    _, _, _, i_g = lq_decompose(W, 2, nf_gptq_quantizer(conf, h), whiten=L)
+    _, _, _, i_n = lq_decompose(W, 2, nf_quantizer(conf), whiten=L)
+    assert i_g["abs_error"] < i_n["abs_error"]
+    m = get_method("lqlora")()
+    assert m.Config().rounding == "gptq" and m.Config(error="weight").rounding == "nearest"
+    with pytest.raises(ValueError, match="rounding: nearest"):
+        m.Config(error="weight", rounding="gptq")

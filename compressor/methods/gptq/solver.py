@@ -7,6 +7,7 @@ gptq_quantize runs the OBS updates in lazy blocks with the chosen grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -204,3 +205,38 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
             "dead_columns": int(hessian.dead.sum())}
     q = UniformQ(codes, scale, zero, bits, group_size, sym, kept)
     return q, info
+
+
+def gptq_round(w: Tensor, hessian: GPTQHessian,
+               round_column: Callable[[int, Tensor], tuple[Tensor, Tensor]],
+               blocksize: int = 128) -> Tensor:
+    """GPTQ's error feedback around any fixed per-element grid: uint8 codes (out, in).
+
+    ``round_column(j, x)`` rounds column j (original index) of the updated weights, x (out,),
+    and returns (codes, their values). The columns are visited in ``hessian``'s order and
+    each column's rounding error is pushed onto the columns not yet visited through the
+    inverse Hessian, as in ``gptq_quantize``; the grid itself (e.g. NormalFloat levels times
+    block scales fixed beforehand) is the caller's.
+    """
+    W = w.detach().float()
+    out_f, in_f = W.shape
+    Hinv = hessian.hinv.to(W.device)
+    order = (torch.arange(in_f, device=W.device) if hessian.perm is None
+             else hessian.perm.to(W.device))
+    WT = W.t()[order].contiguous()
+    codesT = torch.empty(WT.shape, dtype=torch.uint8, device=W.device)
+    cols = order.tolist()
+    for i1 in range(0, in_f, blocksize):
+        i2 = min(i1 + blocksize, in_f)
+        W1, Hinv1 = WT[i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.empty_like(W1)
+        for i in range(i2 - i1):
+            x = W1[i]
+            c, qx = round_column(cols[i1 + i], x)
+            codesT[i1 + i] = c
+            e = (x - qx).div_(Hinv1[i, i])
+            Err1[i] = e
+            W1[i:].addr_(Hinv1[i, i:], e, alpha=-1)
+        if i2 < in_f:
+            WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
+    return codesT[torch.argsort(order)].t().contiguous()

@@ -47,6 +47,33 @@ def nf_quantizer(cfg: NFConfig) -> Quantizer:
     return run
 
 
+def nf_gptq_quantizer(cfg: NFConfig, hessian: Any) -> Quantizer:
+    """``nf_quantizer`` with GPTQ's rounding: the same block scales (absmax of x, double
+    quantized), but each code chosen column by column with the rounding errors pushed onto
+    the columns not yet rounded through the inverse Hessian of the layer's inputs
+    (``hessian``: gptq.solver.prepare_hessian of the Gram). Same storage, lower output error."""
+    from dataclasses import replace
+
+    from compressor.methods.gptq.solver import gptq_round
+    from compressor.primitives.grids import dequantize_nf, nf_levels, quantize_nf
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        q = quantize_nf(x, bits=cfg.bits, block_size=cfg.block_size,
+                        double_quant=cfg.double_quant)
+        levels = nf_levels(cfg.bits, x.device)
+        mids = (levels[1:] + levels[:-1]) / 2
+        n = x.numel()
+        scale = q.absmax.float().repeat_interleave(cfg.block_size)[:n].view(x.shape)
+        safe = torch.where(scale != 0, scale, torch.ones_like(scale))
+
+        def round_column(j: int, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            c = torch.bucketize(v / safe[:, j], mids)
+            return c.to(torch.uint8), levels[c] * scale[:, j]
+        q = replace(q, codes=gptq_round(x, hessian, round_column))
+        return dequantize_nf(q), q
+    return run
+
+
 def candidate_configs(nf_bits: Sequence[int] = DEFAULT_NF_BITS,
                       block_sizes: Sequence[int] = DEFAULT_BLOCK_SIZES,
                       double_quant: bool = True) -> list[NFConfig]:

@@ -36,6 +36,13 @@ class LQLoRAConfig(MethodConfig):
         "grows with depth and starves early layers); needs a backward pass. "
         "'fisher': the paper's Fisher-weighted ‖diag(√F_rows) ΔW diag(√F_cols)‖² (needs a "
         "backward pass). 'weight': the data-free ‖ΔW‖²."))
+    rounding: Literal["gptq", "nearest"] = Field("gptq", description=(
+        "How the NF codes are chosen for given block scales. 'gptq' (default with the "
+        "output-error objectives): column by column with GPTQ's error feedback through the "
+        "inverse Hessian of the layer's inputs, the Q step then minimizing the same output "
+        "error as the rank step (same storage, lower error; an addition to the paper). "
+        "'nearest': the paper's round-to-nearest level (the only choice for error: fisher "
+        "or weight, which have no Gram)."))
     fisher_weighted: bool = Field(False, description=(
         "Same as error: fisher (kept for older recipes)."))
     factor_dtype: Literal["float16", "bfloat16", "storage"] = Field("float16", description=(
@@ -61,6 +68,11 @@ class LQLoRAConfig(MethodConfig):
                 raise ValueError(f"fisher_weighted: true contradicts error: {self.error}; "
                                  f"use error: fisher")
             object.__setattr__(self, "error", "fisher")
+        if self.error in ("fisher", "weight") and self.rounding == "gptq":
+            if "rounding" in self.model_fields_set:
+                raise ValueError(f"rounding: gptq needs the calibration Gram (error: output or "
+                                 f"fisher-output), not error: {self.error}; use rounding: nearest")
+            object.__setattr__(self, "rounding", "nearest")
         for b in ([] if self.mixed else [self.bits]) + list(self.nf_bits):
             if b != int(b) or not 2 <= int(b) <= 8:
                 raise ValueError(f"NF bits {b} unsupported: use an integer from 2 to 8 "

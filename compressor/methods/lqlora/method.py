@@ -15,7 +15,7 @@ stage alone is the training-free starting point.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -28,9 +28,11 @@ from compressor.methods.lqlora.budget import (
     candidate_configs,
     config_bits,
     ilp_allocate,
+    nf_gptq_quantizer,
     nf_quantizer,
 )
-from compressor.methods.lqlora.decompose import lq_decompose, lq_plan_errors
+from compressor.methods.gptq.solver import prepare_hessian
+from compressor.methods.lqlora.decompose import Quantizer, lq_decompose, lq_plan_errors
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.quantized import NFQuantPart
@@ -74,6 +76,18 @@ def _weighting(target: Target, cfg: LQLoRAConfig) -> dict[str, Any]:
     return {}
 
 
+def _quantizers(target: Target | None, cfg: LQLoRAConfig) -> Callable[[NFConfig], Quantizer]:
+    """NF configuration -> quantizer: GPTQ rounding on this target's Gram, or nearest."""
+    if cfg.rounding != "gptq":
+        return nf_quantizer
+    gram = None if target is None else target.stats.gram
+    if gram is None:
+        raise MissingStatistic(f"{'' if target is None else target.name}: rounding 'gptq' needs "
+                               f"the calibration Gram")
+    hessian = prepare_hessian(gram.to(target.weight.device), cfg.percdamp, act_order=True)
+    return lambda conf: nf_gptq_quantizer(conf, hessian)
+
+
 @register
 class LQLoRA(Method):
     name = "lqlora"
@@ -96,17 +110,18 @@ class LQLoRA(Method):
                 else frozenset())
 
     def _error_row(self, w: torch.Tensor, cfg: LQLoRAConfig, configs: list[NFConfig],
-                   weighting: dict[str, Any], generator: torch.Generator | None) -> list[float]:
+                   weighting: dict[str, Any], generator: torch.Generator | None,
+                   quantizer: Callable[[NFConfig], Quantizer] = nf_quantizer) -> list[float]:
         # The paper's objective: the summed (weighted) squared error over matrices, so a
         # matrix whose outputs carry more signal counts for more.
         if cfg.plan_iters <= 1:     # one shared step: see lq_plan_errors
-            return lq_plan_errors(w, cfg.rank, [nf_quantizer(c) for c in configs],
+            return lq_plan_errors(w, cfg.rank, [quantizer(c) for c in configs],
                                   generator=generator, svd_method=cfg.plan_svd_method,
                                   **weighting)
         row = []
         for conf in configs:
             _, _, _, info = lq_decompose(
-                w, cfg.rank, nf_quantizer(conf), max_iters=cfg.plan_iters,
+                w, cfg.rank, quantizer(conf), max_iters=cfg.plan_iters,
                 generator=generator, svd_method=cfg.plan_svd_method, **weighting)
             row.append(info["abs_error"])
         return row
@@ -117,7 +132,7 @@ class LQLoRA(Method):
         configs = candidate_configs(cfg.nf_bits, cfg.block_sizes)
         check_rank(*target.weight.shape, cfg.rank, target.name, zero_ok=True)
         return self._error_row(target.weight, cfg, configs, _weighting(target, cfg),
-                               target.generator)
+                               target.generator, _quantizers(target, cfg))
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: LQLoRAConfig,
              fisher: dict[str, torch.Tensor] | None = None,
@@ -181,7 +196,7 @@ class LQLoRA(Method):
             conf = NFConfig(int(cfg.bits), cfg.block_size)
         check_rank(m, n, cfg.rank, target.name, zero_ok=True)
         q, a, b, dinfo = lq_decompose(
-            target.weight.float(), cfg.rank, nf_quantizer(conf),
+            target.weight.float(), cfg.rank, _quantizers(target, cfg)(conf),
             max_iters=cfg.max_iters, generator=target.generator, svd_method=cfg.svd_method,
             **_weighting(target, cfg))
         parts = [NFQuantPart.from_quant(q)]
@@ -192,6 +207,7 @@ class LQLoRA(Method):
         info = {"nf_bits": conf.bits, "block_size": conf.block_size, "rank": cfg.rank,
                 "iterations": dinfo["iterations"], "error": dinfo["error"],
                 "error_kind": cfg.error, "fisher_weighted": cfg.error == "fisher",
+                "rounding": cfg.rounding,
                 "factor_dtype": str(fdtype).removeprefix("torch."),
                 "weight_floored": dinfo["weight_floored"],
                 "bits_per_weight": 8.0 * sum(p.stored_bytes() for p in parts) / (m * n)}
