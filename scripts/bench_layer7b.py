@@ -95,7 +95,8 @@ def target_for(name: str, linear, stats, device, seed: int):
 
 def run_methods(name: str, linear, stats, args, device, methods: list[str]) -> dict[str, dict[str, Any]]:
     """Real method calls (the code the pipeline runs) for the methods asked to be measured."""
-    from compressor.core.registry import REGISTRY
+    from compressor.core.registry import REGISTRY, method_names
+    method_names()                      # the registry fills when the methods are imported
     out: dict[str, dict[str, Any]] = {}
     gptq_module = None
     for meth in methods:
@@ -114,7 +115,9 @@ def run_methods(name: str, linear, stats, args, device, methods: list[str]) -> d
         elif meth == "eora":
             params = {"rank": args.eora_rank}
         elif meth == "lqlora":
-            params = {"mixed": False, "bits": args.bits, "rank": args.lqlora_rank,
+            # error "output": this bench has no backward pass; the default "fisher-output"
+            # only scales the rows by the Fisher, the same work per matrix
+            params = {"mixed": False, "bits": args.bits, "rank": args.lqlora_rank, "error": "output",
                       "max_iters": args.lqlora_iters, "svd_method": args.lqlora_svd}
         elif meth == "cospadi":
             params = {"ratio": args.ratio}

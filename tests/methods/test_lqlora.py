@@ -222,7 +222,7 @@ def test_method_fixed_config_and_needs():
         method.Config(bits=2.75, mixed=False)       # a fixed config needs an integer width
     with pytest.raises(UserError, match="raise --bits"):
         method.run_plan({"x": w}, method.Config(bits=1.0, rank=4, nf_bits=[2], block_sizes=[64]))
-    assert cls.needs_for(method.Config()) == frozenset({"gram"})      # the default: output error
+    assert cls.needs_for(method.Config()) == frozenset({"gram", "fisher_rows"})  # fisher-output
     assert method.plan_needs_for(method.Config()) == frozenset({"gram"})
     with pytest.raises(ValueError, match="contradicts"):
         method.Config(fisher_weighted=True, error="weight")

@@ -273,8 +273,8 @@ def test_lq_plan_from_measures_and_16bit_factors_meet_the_budget():
     weights = {names[0]: torch.randn(64, 64, generator=g) * 0.05,
                names[1]: torch.randn(64, 64, generator=g) * 0.05}
     grams = {names[0]: gram_of(64, 41), names[1]: gram_of(64, 42) * 100}
-    cfg = m.Config(bits=3.8, rank=2, nf_bits=[2, 3, 4], block_sizes=[64])
-    assert cfg.error == "output" and cfg.factor_dtype == "float16"
+    cfg = m.Config(bits=3.8, rank=2, nf_bits=[2, 3, 4], block_sizes=[64], error="output")
+    assert m.Config().error == "fisher-output" and cfg.factor_dtype == "float16"
     with pytest.raises(ValueError, match="Gram"):
         m.plan(weights, cfg, dtype=torch.float32)
     measures = {k: m.plan_measure(target(w, LinearStats(gram=grams[k]), name=k), cfg)

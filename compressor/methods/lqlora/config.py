@@ -26,14 +26,15 @@ class LQLoRAConfig(MethodConfig):
         "Alternations per candidate configuration while planning. 1 (default): one step of "
         "the paper's sequence with the first low-rank fit shared by all candidates (an upper "
         "bound of the final error, ~4x cheaper); more: full alternations per candidate."))
-    error: Literal["output", "fisher-output", "fisher", "weight"] = Field("output", description=(
-        "What the decomposition and the ILP minimize. 'output': the output error on the "
-        "calibration inputs, tr(ΔW G ΔWᵀ) with G the layer's Gram (the rank step is a whitened "
-        "truncation; the plan gathers Grams in one forward pass of the uncompressed model). "
-        "'fisher-output': that error weighted by each output channel's Fisher (summed squared "
-        "loss gradients), tr(D_F ΔW G ΔWᵀ), a first-order estimate of the loss increase, so "
-        "the ILP compares matrices of different layers in one unit (the plain output error "
-        "grows with depth and starves early layers); needs a backward pass. "
+    error: Literal["fisher-output", "output", "fisher", "weight"] = Field("fisher-output", description=(
+        "What the decomposition and the ILP minimize. 'fisher-output' (default): the output "
+        "error on the calibration inputs weighted by each output channel's Fisher (summed "
+        "squared loss gradients, one backward pass), tr(D_F ΔW G ΔWᵀ), a first-order estimate "
+        "of the loss increase, so the ILP compares matrices of different layers in one unit. "
+        "'output': the unweighted tr(ΔW G ΔWᵀ) (no backward pass; its scale grows with depth, "
+        "so the ILP gives the first layers the fewest bits: on SmolLM2 that broke the model). "
+        "Both: the rank step is a whitened truncation and the plan gathers Grams in one "
+        "forward pass of the uncompressed model. "
         "'fisher': the paper's Fisher-weighted ‖diag(√F_rows) ΔW diag(√F_cols)‖² (needs a "
         "backward pass). 'weight': the data-free ‖ΔW‖²."))
     rounding: Literal["gptq", "nearest"] = Field("gptq", description=(

@@ -3,11 +3,14 @@
 plan() prices every candidate NF configuration (codes, double-quantized absmax and the
 rank-r factors at their 16-bit storage dtype) and gets its error on every target from a
 short decomposition (few iterations, randomized SVD); an ILP then picks one configuration
-per matrix so that the average bits per weight meet ``bits``. With ``error: output`` (the
-default) that error is the output error on the calibration inputs, tr(ΔW G ΔWᵀ), measured
-per target in a planning pass over the uncompressed model (``plan_measure``), so the ILP
-spends bits where the layer's outputs need them, not where ‖ΔW‖ is largest. compress()
-runs the full decomposition with the planned configuration on the sequential pass's Gram.
+per matrix so that the average bits per weight meet ``bits``. By default (``error:
+fisher-output``) that error is the output error on the calibration inputs weighted by the
+output channels' Fisher, tr(D_F ΔW G ΔWᵀ) (an estimate of the loss increase, comparable
+across layers), measured per target in a planning pass over the uncompressed model
+(``plan_measure``), so the ILP spends bits where the loss needs them, not where ‖ΔW‖ or
+the raw output error is largest; the NF codes are chosen with GPTQ's rounding on the same
+Gram (``rounding: gptq``). compress() runs the full decomposition with the planned
+configuration on the sequential pass's Gram.
 
 The paper fine-tunes the low-rank part afterwards (a `heal` stage does that here); this
 stage alone is the training-free starting point.
@@ -92,8 +95,8 @@ def _quantizers(target: Target | None, cfg: LQLoRAConfig) -> Callable[[NFConfig]
 class LQLoRA(Method):
     name = "lqlora"
     summary = ("Quantized (NormalFloat) + low-rank decomposition with per-matrix bits and "
-               "block sizes from an ILP on the calibration output error under a bits-per-weight "
-               "budget (LQ-LoRA). The paper fine-tunes the low-rank part on LM data: "
+               "block sizes from an ILP on the Fisher-weighted calibration output error under a "
+               "bits-per-weight budget (LQ-LoRA). The paper fine-tunes the low-rank part on LM data: "
                "--heal-steps N does it (heal stage).")
     Config = LQLoRAConfig
     needs = frozenset()
