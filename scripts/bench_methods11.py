@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # routine for the same factors) move a compressed model's perplexity on 16 windows this much.
 TIE = 0.01
 PAIRS = [
-    ("LQ-LoRA (no heal) vs RTN, 3.375 bits/weight", "lqlora-r8-b3.375", ["rtn-w3-g64"]),
     ("LOST (data-free) vs SVD, ratio 0.1", "lost-r0.1", ["svd-r0.1"]),
     ("LOST (data-free) vs SVD, ratio 0.2", "lost-r0.2", ["svd-r0.2"]),
     ("LOST whiten vs whitened SVD, ratio 0.1", "lost-w-r0.1", ["wsvd-r0.1"]),
