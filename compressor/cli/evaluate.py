@@ -127,8 +127,7 @@ def output_dtype(folder: str | Path, dtype: str, device: Any):
 
     from compressor.models.device import resolve_dtype
     config = json.loads((Path(folder) / "config.json").read_text())
-    declared = SimpleNamespace(dtype=config.get("dtype") or config.get("torch_dtype"))
-    return resolve_dtype(dtype, declared, torch.device(device))
+    return resolve_dtype(dtype, SimpleNamespace(**config), torch.device(device))
 
 
 def load_any(spec: str, dtype: str = "auto", verify: bool = True, trust_remote_code: bool = False,

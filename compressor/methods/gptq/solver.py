@@ -6,8 +6,8 @@ gptq_quantize runs the OBS updates in lazy blocks with the chosen grid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

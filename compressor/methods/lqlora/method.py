@@ -18,14 +18,16 @@ stage alone is the training-free starting point.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from compressor.core.method import Method
+from compressor.core.method import Method, SharedInputCache
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
 from compressor.errors import MissingStatistic, UserError
+from compressor.methods.gptq.solver import prepare_hessian
 from compressor.methods.lqlora.budget import (
     NFConfig,
     candidate_configs,
@@ -34,7 +36,6 @@ from compressor.methods.lqlora.budget import (
     nf_gptq_quantizer,
     nf_quantizer,
 )
-from compressor.methods.gptq.solver import prepare_hessian
 from compressor.methods.lqlora.decompose import Quantizer, lq_decompose, lq_plan_errors
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
@@ -58,17 +59,16 @@ def factor_dtype(cfg: LQLoRAConfig, storage: torch.dtype) -> torch.dtype:
     return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cfg.factor_dtype, storage)
 
 
-def _weighting(target: Target, cfg: LQLoRAConfig) -> dict[str, Any]:
-    """lq_decompose's weighting keyword arguments for this target and config."""
+def _weighting(target: Target, cfg: LQLoRAConfig, cache: SharedInputCache) -> dict[str, Any]:
+    """lq_decompose's weighting keyword arguments for this target and config (the
+    whitening of a Gram shared by q/k/v or gate/up comes from ``cache``)."""
     if cfg.error == "fisher":
         rw, cw = _fisher_weights(target.stats.fisher, target.name)
         return {"row_weight": rw, "col_weight": cw}
     if cfg.error in ("output", "fisher-output"):
-        gram = target.stats.gram
-        if gram is None:
-            raise MissingStatistic(f"{target.name}: error '{cfg.error}' needs the calibration "
-                                   f"Gram; give the stage calibration data (or use error: weight)")
-        L, _ = whitening(gram.to(target.weight.device), cfg.percdamp)
+        gram = _gram(target, cfg)
+        L = cache.get(gram, ("whiten", cfg.percdamp, str(target.weight.device)),
+                      lambda: whitening(gram.to(target.weight.device), cfg.percdamp)[0])
         if cfg.error == "output":
             return {"whiten": L}
         rows = target.stats.fisher_rows
@@ -79,15 +79,23 @@ def _weighting(target: Target, cfg: LQLoRAConfig) -> dict[str, Any]:
     return {}
 
 
-def _quantizers(target: Target | None, cfg: LQLoRAConfig) -> Callable[[NFConfig], Quantizer]:
-    """NF configuration -> quantizer: GPTQ rounding on this target's Gram, or nearest."""
+def _gram(target: Target, cfg: LQLoRAConfig) -> torch.Tensor:
+    """The target's calibration Gram, which the output-error objectives and GPTQ rounding read."""
+    if target.stats.gram is None:
+        raise MissingStatistic(f"{target.name}: error '{cfg.error}' needs the calibration "
+                               f"Gram; give the stage calibration data (or use error: weight)")
+    return target.stats.gram
+
+
+def _quantizers(target: Target, cfg: LQLoRAConfig, cache: SharedInputCache
+                ) -> Callable[[NFConfig], Quantizer]:
+    """NF configuration -> quantizer: GPTQ rounding on this target's Gram (its inverse
+    Hessian from ``cache`` when q/k/v or gate/up share the Gram), or nearest."""
     if cfg.rounding != "gptq":
         return nf_quantizer
-    gram = None if target is None else target.stats.gram
-    if gram is None:
-        raise MissingStatistic(f"{'' if target is None else target.name}: rounding 'gptq' needs "
-                               f"the calibration Gram")
-    hessian = prepare_hessian(gram.to(target.weight.device), cfg.percdamp, act_order=True)
+    gram, dev = _gram(target, cfg), target.weight.device
+    hessian = cache.get(gram, ("hessian", cfg.percdamp, str(dev)),
+                        lambda: prepare_hessian(gram, cfg.percdamp, act_order=True, device=dev))
     return lambda conf: nf_gptq_quantizer(conf, hessian)
 
 
@@ -100,6 +108,11 @@ class LQLoRA(Method):
                "--heal-steps N does it (heal stage).")
     Config = LQLoRAConfig
     needs = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        # q/k/v (and gate/up) share one Gram: its whitening and GPTQ Hessian are made once
+        self._whitenings, self._hessians = SharedInputCache(), SharedInputCache()
 
     @classmethod
     def needs_for(cls, cfg: LQLoRAConfig) -> frozenset[str]:
@@ -134,8 +147,9 @@ class LQLoRA(Method):
         configuration on this target."""
         configs = candidate_configs(cfg.nf_bits, cfg.block_sizes)
         check_rank(*target.weight.shape, cfg.rank, target.name, zero_ok=True)
-        return self._error_row(target.weight, cfg, configs, _weighting(target, cfg),
-                               target.generator, _quantizers(target, cfg))
+        return self._error_row(target.weight, cfg, configs,
+                               _weighting(target, cfg, self._whitenings), target.generator,
+                               _quantizers(target, cfg, self._hessians))
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: LQLoRAConfig,
              fisher: dict[str, torch.Tensor] | None = None,
@@ -164,8 +178,8 @@ class LQLoRA(Method):
                             f"{floor:.3f} (rank {cfg.rank} included); raise --bits or lower --rank")
         if cfg.error in ("output", "fisher-output"):
             if measures is None:
-                raise ValueError("error 'output' plans from calibration Grams, and none were "
-                                 "measured (run it through the pipeline, or use error: weight)")
+                raise ValueError(f"error '{cfg.error}' plans from calibration Grams, and none "
+                                 "were measured (run it through the pipeline, or use error: weight)")
             missing = [nm for nm in names if nm not in measures]
             if missing:
                 raise ValueError(f"no planning measure for {missing[:3]}")
@@ -199,9 +213,9 @@ class LQLoRA(Method):
             conf = NFConfig(int(cfg.bits), cfg.block_size)
         check_rank(m, n, cfg.rank, target.name, zero_ok=True)
         q, a, b, dinfo = lq_decompose(
-            target.weight.float(), cfg.rank, _quantizers(target, cfg)(conf),
+            target.weight.float(), cfg.rank, _quantizers(target, cfg, self._hessians)(conf),
             max_iters=cfg.max_iters, generator=target.generator, svd_method=cfg.svd_method,
-            **_weighting(target, cfg))
+            **_weighting(target, cfg, self._whitenings))
         parts = [NFQuantPart.from_quant(q)]
         fdtype = factor_dtype(cfg, target.dtype)
         if cfg.rank > 0:
