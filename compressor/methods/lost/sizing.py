@@ -1,7 +1,9 @@
 """LOST's budget split: rank r and channel count c for an m x n matrix.
 
 Budget (parameter-equivalents of the storage dtype): r(m + n) + c·(m + index bytes /
-value bytes) <= (1 − ratio)·m·n, with a fraction sparse_frac of it for the channels.
+value bytes) <= (1 − ratio)·m·n, with a fraction sparse_frac of it for the channels. The
+low-rank part keeps rank 1 at least: where sparse_frac leaves it less, the channels take
+everything but one rank (the most channels the budget holds).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def lost_sizes(m: int, n: int, ratio: float, sparse_frac: float, rank: int | Non
         budget = (1.0 - ratio) * m * n + 1e-9
         c = math.floor(sparse_frac * budget / channel_cost)
         r = math.floor((budget - c * channel_cost) / (m + n))
+        if r < 1:
+            r = 1
+            c = max(0, math.floor((budget - (m + n)) / channel_cost))
     else:
         r = rank
         c = math.floor(sparse_frac / (1.0 - sparse_frac) * r * (m + n) / channel_cost + 1e-9)
