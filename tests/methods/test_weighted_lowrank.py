@@ -140,6 +140,37 @@ def test_activation_aware_lost_finds_planted_channels_and_beats_whitened_svd():
     assert out_err(W - res.module.dense_weight(), Gd) < 0.5 * out_err(W - ref.module.dense_weight(), Gd)
 
 
+def test_activation_aware_lost_goes_to_the_channel_end_when_inputs_are_correlated():
+    # inputs with fewer directions than channels (as LLM activations): dropping a few
+    # channels, their weight folded onto correlated ones by least squares, costs little,
+    # while the rank-only split must give up whitened directions that carry signal
+    g = gen(21)
+    W = torch.randn(40, 32, generator=g)
+    x = torch.randn(400, 20, generator=g) @ torch.randn(20, 32, generator=g)
+    x += 0.05 * torch.randn(400, 32, generator=g)
+    st = LinearStats(ntokens=400, gram=x.T @ x)
+    lost, ws = get_method("lost")(), get_method("whitened-svd")()
+    res = lost.compress(target(W, st), lost.Config(ratio=0.1, whiten=True))
+    ref = ws.compress(target(W, st), ws.Config(ratio=0.1))
+    assert res.info["rank"] <= 3 and res.info["channels"] >= 24
+    L, _ = whitening(st.gram, 0.01)
+    Gd = L.double() @ L.double().T
+    assert out_err(W - res.module.dense_weight(), Gd) < 0.2 * out_err(W - ref.module.dense_weight(), Gd)
+    assert res.module.stored_bytes() <= 0.9 * W.numel() * 4
+
+
+def test_lost_split_keeps_rank_one_at_the_channel_end():
+    from compressor.methods.lost.sizing import lost_sizes
+    for m, n in ((192, 576), (576, 1536), (1536, 576), (40, 32)):
+        for ratio in (0.1, 0.5, 0.9):
+            for frac in (0.5, 0.99, 0.9999):
+                r, c = lost_sizes(m, n, ratio, frac, None, 2)
+                cost = r * (m + n) + c * (m + 1)
+                assert r >= 1 and cost <= (1 - ratio) * m * n
+            # a share that leaves less than one rank: the most channels that fit beside one
+            assert r == 1 and (c + 1) * (m + 1) + (m + n) > (1 - ratio) * m * n
+
+
 def test_data_free_lost_search_never_worse_than_svd():
     g = gen(12)
     W = torch.randn(40, 32, generator=g)

@@ -7,8 +7,10 @@ rest. As a post-training compressor (an adaptation, not the paper's training): p
 W ≈ BA + S with S on c whole input channels, fitted by alternating exact sub-steps (see
 decompose.py) — data-free on ‖ΔW‖, or with ``whiten`` on the calibration output error
 ‖ΔW·L‖ with channels chosen by residual × activation norm. The split of the byte budget
-between rank and channels is searched per matrix, rank-only included, so LOST is never
-worse than its rank-only special case (plain or whitened SVD) on its own objective.
+between rank and channels is searched per matrix over the whole range, from rank-only to
+nearly all channels (the error is U-shaped in the split, so a local search from rank-only
+misses the channel end), and LOST is never worse than its rank-only special case (plain or
+whitened SVD) on its own objective.
 """
 
 from __future__ import annotations
