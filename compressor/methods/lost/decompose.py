@@ -62,28 +62,35 @@ def lost_data_free(w: torch.Tensor, r: int, c: int, iters: int = 2,
     return A, B, chosen, resid[:, chosen], err
 
 
-def _ls_columns(resid: torch.Tensor, g: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """S_C = R G[:, C] G[C, C]⁻¹: the best columns on C for ‖(R − S)L‖², G = L Lᵀ."""
+def _ls_fit(resid: torch.Tensor, rg: torch.Tensor, g: torch.Tensor, chosen: torch.Tensor
+            ) -> tuple[torch.Tensor, float]:
+    """(S_C, error): the best columns on C for ‖(R − S)L‖², S_C = R G[:, C] G[C, C]⁻¹, and that
+    error, tr(R G Rᵀ) − ⟨S_C, R G[:, C]⟩ (the normal equations make the quadratic term equal
+    the cross term), from ``rg`` = R·G without another product with L."""
     gcc = g[chosen][:, chosen]
-    rhs = resid @ g[:, chosen]                        # (m, c)
+    rhs = rg[:, chosen]                               # (m, c)
     chol, info = torch.linalg.cholesky_ex(gcc)
     if int(info) == 0:
-        return torch.cholesky_solve(rhs.mT, chol).mT
-    return torch.linalg.lstsq(gcc, rhs.mT).solution.mT
+        cols = torch.cholesky_solve(rhs.mT, chol).mT
+    else:
+        cols = torch.linalg.lstsq(gcc, rhs.mT).solution.mT
+    return cols, float((rg * resid).sum() - (cols * rhs).sum())
 
 
-def lost_whitened(w: torch.Tensor, L: torch.Tensor, r: int, c: int, iters: int = 2
+def lost_whitened(w: torch.Tensor, L: torch.Tensor, r: int, c: int, iters: int = 2,
+                  g: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(A, B, channels, columns, squared output error) minimizing ‖(W − BA − S)L‖_F, float64.
 
-    ``L``: lower-triangular, L Lᵀ = the damped Gram. c = 0 is the whitened truncation. With
-    channels it starts from them (the c largest ‖W[:, j]‖·‖x_j‖, columns fitted by least
-    squares), fits rank r to what they leave, then alternates: channels re-chosen on the new
-    residual and refitted, rank r refitted. Starting from the channels reaches lower errors
-    than starting from the rank-r fit on every SmolLM2 matrix measured (BENCHMARKS.md)."""
+    ``L``: lower-triangular, L Lᵀ = the damped Gram (``g``, if already formed). c = 0 is the
+    whitened truncation. With channels it starts from them (the c largest ‖W[:, j]‖·‖x_j‖,
+    columns fitted by least squares), fits rank r to what they leave, then alternates:
+    channels re-chosen on the new residual and refitted, rank r refitted. Starting from the
+    channels reaches lower errors than starting from the rank-r fit on every SmolLM2 matrix
+    measured (BENCHMARKS.md)."""
     w64 = w.detach().to(torch.float64)
     L64 = L.to(device=w64.device, dtype=torch.float64)
-    g = L64 @ L64.mT
+    g = L64 @ L64.mT if g is None else g.to(device=w64.device, dtype=torch.float64)
 
     def lowrank(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         uu, ss, vv = linalg._svd64(target @ L64, r)
@@ -96,21 +103,19 @@ def lost_whitened(w: torch.Tensor, L: torch.Tensor, r: int, c: int, iters: int =
             float(((w64 - B @ A) @ L64).pow(2).sum())
     act = torch.diagonal(g).clamp_min(0).sqrt()
     chosen = _topk_sorted(torch.linalg.vector_norm(w64, dim=0) * act, c)
-    cols = _ls_columns(w64, g, chosen)
+    cols, _ = _ls_fit(w64, w64 @ g, g, chosen)
     err, A, B = float("inf"), None, None
     for _ in range(iters + 1):
         sparse = torch.zeros_like(w64)
         sparse[:, chosen] = cols
         A2, B2 = lowrank(w64 - sparse)
         resid2 = w64 - B2 @ A2
+        rg2 = resid2 @ g
         # channels re-chosen on the new residual (outlier pursuit), or kept if that is better
         chosen2 = _topk_sorted(torch.linalg.vector_norm(resid2, dim=0) * act, c)
         step = None
         for ch in (chosen2, chosen) if not torch.equal(chosen2, chosen) else (chosen,):
-            cols2 = _ls_columns(resid2, g, ch)
-            fit = resid2.clone()
-            fit[:, ch] -= cols2
-            err2 = float((fit @ L64).pow(2).sum())
+            cols2, err2 = _ls_fit(resid2, rg2, g, ch)
             if step is None or err2 < step[0]:
                 step = (err2, ch, cols2)
         if step[0] >= err:
@@ -126,11 +131,16 @@ def lost_split(w: torch.Tensor, sizes: list[tuple[int, int]], L: torch.Tensor | 
     ``sizes``: candidate (r, c) pairs (include (r_max, 0), the rank-only split). Returns
     ((A, B, channels, columns), info) with info: rank, channels, error (squared, of the
     chosen split), errors ({"r,c": squared error} of every candidate)."""
-    svd = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False) if L is None else None
+    svd = g = None
+    if L is None:
+        svd = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
+    else:
+        L = L.to(device=w.device, dtype=torch.float64)
+        g = L @ L.mT
     best, errors = None, {}
     for r, c in sizes:
         out = (lost_data_free(w, r, c, iters, svd) if L is None
-               else lost_whitened(w, L, r, c, iters))
+               else lost_whitened(w, L, r, c, iters, g))
         errors[f"{r},{c}"] = out[4]
         if best is None or out[4] < best[4]:
             best = out
