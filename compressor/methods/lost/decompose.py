@@ -5,7 +5,8 @@ alternate the two exact sub-steps of their objective:
 
 * data-free, ‖W − BA − S‖_F, started from the pure low-rank fit: with channels C fixed,
   S[:, C] = (W − BA)[:, C] makes those columns exact, so BA should fit only the other
-  columns: BA = SVD_r of W with C's columns zeroed. C: the r-residual's largest column norms (LOST's channel choice).
+  columns: BA = SVD_r of W with C's columns zeroed. C: the r-residual's largest column
+  norms (LOST's channel choice).
 * activation-aware, ‖(W − BA − S)L‖_F with XᵀX = L Lᵀ (the output error on calibration
   inputs), started from the channels rather than the low rank: channels scored by
   ‖R[:, j]‖·‖x_j‖ (residual times activation norm, √G_jj); with C fixed the best S is a
@@ -95,7 +96,8 @@ def lost_whitened(w: torch.Tensor, L: torch.Tensor, r: int, c: int, iters: int =
     def lowrank(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         uu, ss, vv = linalg._svd64(target @ L64, r)
         rt = ss.sqrt()
-        return torch.linalg.solve_triangular(L64, rt[:, None] * vv, upper=False, left=False), uu * rt
+        A = torch.linalg.solve_triangular(L64, rt[:, None] * vv, upper=False, left=False)
+        return A, uu * rt
 
     if c == 0:
         A, B = lowrank(w64)
