@@ -169,6 +169,10 @@ def test_lost_split_keeps_rank_one_at_the_channel_end():
                 assert r >= 1 and cost <= (1 - ratio) * m * n
             # a share that leaves less than one rank: the most channels that fit beside one
             assert r == 1 and (c + 1) * (m + 1) + (m + n) > (1 - ratio) * m * n
+        # a budget below one rank cannot be met, whatever the share
+        for frac in (0.0, 0.5, 0.99):
+            with pytest.raises(ValueError, match="less than one rank.*lower the ratio"):
+                lost_sizes(m, n, 1 - 0.5 * (m + n) / (m * n), frac, None, 2)
 
 
 def test_data_free_lost_search_never_worse_than_svd():

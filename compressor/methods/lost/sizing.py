@@ -3,7 +3,8 @@
 Budget (parameter-equivalents of the storage dtype): r(m + n) + c·(m + index bytes /
 value bytes) <= (1 − ratio)·m·n, with a fraction sparse_frac of it for the channels. The
 low-rank part keeps rank 1 at least: where sparse_frac leaves it less, the channels take
-everything but one rank (the most channels the budget holds).
+everything but one rank (the most channels the budget holds); a budget below one rank is an
+error.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ def lost_sizes(m: int, n: int, ratio: float, sparse_frac: float, rank: int | Non
         budget = (1.0 - ratio) * m * n + 1e-9
         c = math.floor(sparse_frac * budget / channel_cost)
         r = math.floor((budget - c * channel_cost) / (m + n))
+        if budget < m + n:
+            raise ValueError(f"lost: ratio {ratio} leaves {what} {budget:.0f} parameters, less "
+                             f"than one rank ({m + n}): lower the ratio.")
         if r < 1:
             r = 1
-            c = max(0, math.floor((budget - (m + n)) / channel_cost))
+            c = math.floor((budget - (m + n)) / channel_cost)
     else:
         r = rank
         c = math.floor(sparse_frac / (1.0 - sparse_frac) * r * (m + n) / channel_cost + 1e-9)
     c = min(c, n)
-    check_rank(m, n, r, f"lost: {what}")
+    check_rank(m, n, r, f"lost: {name}")
     if rank is not None and r * (m + n) + c * channel_cost >= m * n:
         raise ValueError(f"lost: rank {r} with {c} channels keeps as many parameters as the "
                         f"dense {what}: lower the rank or sparse_frac.")
