@@ -30,7 +30,8 @@ import torch
 from compressor.errors import UserError
 
 HUB_SOURCES = ("wikitext2", "c4")
-NAMED_SOURCES = ("builtin", *HUB_SOURCES)
+RANDOM_SOURCE = "random"         # seeded uniform token ids: calibration without any text
+NAMED_SOURCES = ("builtin", *HUB_SOURCES, RANDOM_SOURCE)
 SPLITS = ("calib", "test", "all")     # "all": a local file's every document (evaluation only)
 EVAL_SPLITS = ("all", "test")
 LOCAL_TEST_PERCENT = 10
@@ -74,6 +75,9 @@ def load_split_with_meta(source: str, split: str) -> tuple[Sequence[str], dict]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     key = source.strip().lower()
+    if key == RANDOM_SOURCE:
+        raise UserError("'random' (uniform token ids) has no documents: it is a calibration "
+                        "source only; evaluate or heal on builtin, wikitext2, c4 or a text file.")
     if split == "all" and key in NAMED_SOURCES:
         raise UserError(f"--split all applies to a local file; {key} is scored on its held-out "
                         f"test split (use --split test, or leave --split out).")
@@ -278,6 +282,13 @@ def _sample_from_stream(ids: list[int], n: int, seqlen: int,
     return [ids[s:s + seqlen] for s in starts]
 
 
+def random_windows(vocab_size: int, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """Uniform token ids (no text): what data-free methods calibrate on (``--calib random``).
+    They show the model's own input scales per channel, which its weights alone do not."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (nsamples, seqlen), generator=gen, dtype=torch.long)
+
+
 def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int,
                         seed: int) -> torch.Tensor:
     """``nsamples`` seeded random windows of ``seqlen`` tokens from the calibration split.
@@ -287,6 +298,8 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int,
     windows are cut at random from all documents joined with "\\n\\n".
     """
     _check_sizes(nsamples, seqlen)
+    if source.strip().lower() == RANDOM_SOURCE:
+        return random_windows(len(tokenizer), nsamples, seqlen, seed)
     docs, meta = load_split_with_meta(source, "calib")
     if len(docs) == 0:
         raise UserError(f"calibration source {source!r} has no documents.")

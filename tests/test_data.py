@@ -218,6 +218,20 @@ def test_builtin_calibration_windows(tok):
     assert w.shape == (2, 32) and int(w.max()) < len(tok)
 
 
+def test_random_calibration_is_seeded_token_ids_without_text(tok):
+    a = data.calibration_windows(tok, "random", nsamples=3, seqlen=64, seed=1)
+    assert a.shape == (3, 64) and a.dtype == torch.long
+    assert 0 <= int(a.min()) and int(a.max()) < len(tok)
+    assert torch.equal(a, data.calibration_windows(tok, " Random ", 3, 64, seed=1))
+    assert not torch.equal(a, data.calibration_windows(tok, "random", 3, 64, seed=2))
+    assert not data.is_local_source("random")
+
+
+def test_random_source_has_nothing_to_evaluate(tok):
+    with pytest.raises(UserError, match="calibration source only"):
+        data.eval_windows(tok, "random", seqlen=32)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def test_eval_windows_follow_the_gptq_protocol(tok, txt_file):

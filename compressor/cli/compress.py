@@ -107,7 +107,7 @@ def compress(
     atoms_per_column: Optional[int] = typer.Option(None, "--atoms-per-column", help="CoSpaDi: non-zeros per column"),
     allocation: Optional[str] = typer.Option(None, help="uniform | welore rank allocation"),
     set_: list[str] = typer.Option([], "--set", help="any method option as key=value (repeatable)"),
-    calib: Optional[str] = typer.Option(None, "--calib", help="wikitext2 | c4 | builtin | PATH"),
+    calib: Optional[str] = typer.Option(None, "--calib", help="wikitext2 | c4 | builtin | PATH | random (token ids, no text)"),
     nsamples: Optional[int] = typer.Option(None, help="calibration windows"),
     seqlen: Optional[int] = typer.Option(None, help="tokens per calibration window"),
     seed: Optional[int] = typer.Option(None, help="seed for sampling and randomized routines"),

@@ -28,7 +28,9 @@ class _Strict(BaseModel):
 
 
 class Calibration(_Strict):
-    dataset: str = Field("builtin", description="wikitext2, c4, builtin, or a .txt/.jsonl path")
+    dataset: str = Field("builtin", description=(
+        "wikitext2, c4, builtin, a .txt/.jsonl path, or random (seeded uniform token ids: no "
+        "text, for data-free runs)"))
     nsamples: int = Field(128, ge=1, description="number of calibration windows")
     seqlen: int = Field(2048, ge=8, description="tokens per calibration window")
     seed: int = Field(0, description="drives sampling and every randomized routine")
@@ -65,6 +67,14 @@ class Evaluation(_Strict):
     task_batch_size: int = Field(8, ge=1, description="batch size of the task runs")
     dense: bool = Field(False, description=(
         "also score the uncompressed model on the same windows and tasks, before compressing"))
+
+    @field_validator("datasets")
+    @classmethod
+    def _text_only(cls, v: list[str]) -> list[str]:
+        if any(d.strip().lower() == "random" for d in v):
+            raise ValueError("eval datasets: 'random' is a calibration source (no text to "
+                             "score); use builtin, wikitext2, c4 or a text file")
+        return v
 
 
 class Expectation(_Strict):
@@ -129,6 +139,10 @@ class Recipe(_Strict):
             if post[i - 1] and not post[i]:
                 raise ValueError(f"stage {i + 1} ({names[i]}) comes after the post stage "
                                  f"{names[i - 1]}; post stages (heal) go last")
+        if any(post) and self.calibration.dataset.strip().lower() == "random":
+            raise ValueError("heal trains on windows of the calibration text, and "
+                             "calibration.dataset 'random' has none: calibrate on builtin, "
+                             "wikitext2, c4 or a text file, or drop the heal stage")
         dup = [n for i, n in enumerate(names) if post[i] and names.index(n) != i]
         if dup:
             raise ValueError(f"stage {names.index(dup[0], names.index(dup[0]) + 1) + 1} "

@@ -252,7 +252,7 @@ def test_cospadi_needs_gram():
 def test_lost_without_channels_is_truncated_svd():
     W = torch.randn(OUT, IN, generator=torch.Generator().manual_seed(2))
     method = get_method("lost")()
-    res = method.compress(_target(W), method.Config(rank=20, sparse_frac=0.0))
+    res = method.compress(_target(W), method.Config(rank=20, sparse_frac=0.0, act_scale=False))
     assert [p.type_name for p in res.module.parts] == ["lowrank"]
     assert res.info["rank"] == 20 and res.info["channels"] == 0
     U, S, Vh = truncated_svd(W, 20)
@@ -269,7 +269,7 @@ def test_lost_budget_channels_and_error(dtype):
     W = torch.randn(OUT, IN, generator=g)
     W[:, [5, 40]] *= 20.0                               # two loud input channels
     method = get_method("lost")()
-    res = method.compress(_target(W, dtype=dtype), method.Config(ratio=0.3, sparse_frac=0.1))
+    res = method.compress(_target(W, dtype=dtype), method.Config(ratio=0.3, sparse_frac=0.1, act_scale=False))
     lowrank, channels = res.module.parts
     assert (lowrank.type_name, channels.type_name) == ("lowrank", "channels")
     vb = torch.empty(0, dtype=dtype).element_size()
@@ -298,9 +298,9 @@ def test_lost_help_says_it_is_an_adaptation():
 def test_lost_rejects_a_rank_that_does_not_fit():
     method = get_method("lost")()
     with pytest.raises(UserError):
-        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=IN + 1, sparse_frac=0.1))
+        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=IN + 1, sparse_frac=0.1, act_scale=False))
     with pytest.raises(UserError):
-        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=50, sparse_frac=0.1))  # no saving
+        method.run(_target(torch.randn(OUT, IN)), method.Config(rank=50, sparse_frac=0.1, act_scale=False))  # no saving
 
 
 def test_lost_beats_svd_on_low_rank_plus_channel_sparse():
@@ -312,7 +312,7 @@ def test_lost_beats_svd_on_low_rank_plus_channel_sparse():
     W[:, cols] += torch.randn(OUT, 12, generator=g)
     svd, lost = get_method("svd")(), get_method("lost")()
     ref = svd.compress(_target(W), svd.Config(ratio=0.6))
-    res = lost.compress(_target(W), lost.Config(ratio=0.6, sparse_frac=0.48))
+    res = lost.compress(_target(W), lost.Config(ratio=0.6, sparse_frac=0.48, act_scale=False))
     assert (res.info["rank"], res.info["channels"]) == (9, 12)
     assert sorted(res.module.parts[1].indices.long().tolist()) == sorted(cols.tolist())
     assert res.module.stored_bytes() <= 0.4 * OUT * IN * 4

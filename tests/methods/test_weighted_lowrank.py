@@ -180,11 +180,67 @@ def test_data_free_lost_search_never_worse_than_svd():
     W = torch.randn(40, 32, generator=g)
     lost, svd = get_method("lost")(), get_method("svd")()
     for ratio in (0.1, 0.3):
-        res = lost.compress(target(W), lost.Config(ratio=ratio))
+        res = lost.compress(target(W), lost.Config(ratio=ratio, act_scale=False))
         ref = svd.compress(target(W), svd.Config(ratio=ratio))
         e = float((W - res.module.dense_weight()).pow(2).sum())
         assert e <= float((W - ref.module.dense_weight()).pow(2).sum()) * (1 + 1e-5)
         assert "0" in {k.split(",")[1] for k in res.info["split_errors"]}
+
+
+def _diag_stats(s, tokens=50):
+    """Statistics whose Gram is diagonal: input channel j has RMS s_j over ``tokens``."""
+    return LinearStats(ntokens=tokens, gram=torch.diag(s.pow(2) * tokens))
+
+
+def test_channel_scaled_lost_is_the_weight_fit_on_scaled_columns():
+    """act_scale fits W·diag(s) and undoes it: a uniform scale changes nothing, and the
+    reported split errors are the diagonal-Gram output errors of what was written."""
+    g = gen(13)
+    W = torch.randn(40, 32, generator=g)
+    lost = get_method("lost")()
+    plain = lost.compress(target(W), lost.Config(ratio=0.3, act_scale=False))
+    flat = lost.compress(target(W, _diag_stats(torch.full((32,), 3.0))), lost.Config(ratio=0.3))
+    assert torch.allclose(plain.module.dense_weight(), flat.module.dense_weight(), atol=1e-5)
+    s = torch.rand(32, generator=g) * 10 + 0.1
+    res = lost.compress(target(W, _diag_stats(s)), lost.Config(ratio=0.3))
+    err = float(((W - res.module.dense_weight()).double() * s.double()).pow(2).sum())
+    key = f"{res.info['rank']},{res.info['channels']}"
+    assert err == pytest.approx(res.info["split_errors"][key], rel=1e-4)
+    assert res.info["act_scale"] is True and res.info["floored_channels"] == 0
+
+
+def test_channel_scaled_lost_keeps_small_columns_with_large_inputs():
+    """The SmolLM2 failure of weight-only LOST, planted: six small weight columns carry inputs
+    30x the others. Weight-only LOST drops them and loses to plain SVD on the output error;
+    scaled by the input RMS it keeps them and beats plain SVD by an order of magnitude."""
+    g = gen(14)
+    n = 48
+    W = torch.randn(64, 6, generator=g) @ torch.randn(6, n, generator=g)
+    W += 0.5 * torch.randn(64, n, generator=g)
+    s = torch.ones(n)
+    busy = torch.randperm(n, generator=g)[:6]
+    W[:, busy] = 0.1 * torch.randn(64, 6, generator=g)
+    s[busy] = 30.0
+    G = torch.diag(s.pow(2)).double()
+    lost, svd = get_method("lost")(), get_method("svd")()
+    e = {}
+    for name, res in (
+            ("svd", svd.compress(target(W), svd.Config(ratio=0.1))),
+            ("weight", lost.compress(target(W), lost.Config(ratio=0.1, act_scale=False))),
+            ("scaled", lost.compress(target(W, _diag_stats(s)), lost.Config(ratio=0.1)))):
+        e[name] = out_err(W - res.module.dense_weight(), G)
+        if name != "svd":
+            kept = set(res.module.parts[1].indices.long().tolist())
+            assert set(busy.tolist()) <= kept if name == "scaled" else not kept & set(busy.tolist())
+    assert e["weight"] > e["svd"] > 10 * e["scaled"]
+
+
+def test_channel_scaled_lost_needs_the_calibration_gram():
+    lost = get_method("lost")()
+    with pytest.raises(MissingStatistic):
+        lost.compress(target(torch.randn(8, 6)), lost.Config(ratio=0.2))
+    assert lost.needs_for(lost.Config()) == frozenset({"gram"})
+    assert lost.needs_for(lost.Config(act_scale=False)) == frozenset()
 
 
 # --- WeLore on whitened spectra ----------------------------------------------------------------

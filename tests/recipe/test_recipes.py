@@ -90,6 +90,15 @@ def test_wrong_type_is_a_clear_error():
         parse_recipe(_minimal(stages=[{"method": "gptq", "bits": "four"}]))
 
 
+def test_random_calibration_cannot_feed_heal_or_evaluation():
+    parse_recipe(_minimal(calibration={"dataset": "random"}))
+    with pytest.raises(UserError, match="heal trains on windows of the calibration text"):
+        parse_recipe(_minimal(calibration={"dataset": "random"},
+                              stages=[{"method": "svd", "ratio": 0.2}, {"method": "heal"}]))
+    with pytest.raises(UserError, match="'random' is a calibration source"):
+        parse_recipe(_minimal(eval={"datasets": ["random"]}))
+
+
 def test_missing_stages_is_a_clear_error():
     data = _minimal()
     del data["stages"]

@@ -27,6 +27,12 @@ class LOSTConfig(MethodConfig):
         "Activation-aware: minimize the output error on the calibration inputs (low rank "
         "and channels in the whitened space, channels scored by residual x activation "
         "norm, their columns fitted by least squares). False: the data-free weight error."))
+    act_scale: bool = Field(True, description=(
+        "When whiten is false: fit on W·diag(s), s_j the RMS of input channel j over the "
+        "calibration inputs, and undo it (the output error under a diagonal Gram). With "
+        "`--calib random` those inputs are seeded random token ids, so no text is used (the "
+        "data-free variant). False: the plain weight error, which on SmolLM2 drops input "
+        "channels whose small weight columns carry large inputs."))
     percdamp: float = Field(0.01, ge=0.0, description=(
         "Damping of the Gram diagonal (fraction of its mean) when whiten is true."))
     iters: int = Field(1, ge=0, description=(

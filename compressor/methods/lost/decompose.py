@@ -3,10 +3,12 @@
 W ≈ BA + S, BA of rank r, S non-zero on c whole input channels (columns). Both variants
 alternate the two exact sub-steps of their objective:
 
-* data-free, ‖W − BA − S‖_F, started from the pure low-rank fit: with channels C fixed,
+* weight error, ‖W − BA − S‖_F, started from the pure low-rank fit: with channels C fixed,
   S[:, C] = (W − BA)[:, C] makes those columns exact, so BA should fit only the other
   columns: BA = SVD_r of W with C's columns zeroed. C: the r-residual's largest column
-  norms (LOST's channel choice).
+  norms (LOST's channel choice). With per-channel input scales s it runs on W·diag(s)
+  (the output error under a diagonal Gram): without them the channels it drops are the
+  small weight columns, which on real models often carry large inputs.
 * activation-aware, ‖(W − BA − S)L‖_F with XᵀX = L Lᵀ (the output error on calibration
   inputs), started from the channels rather than the low rank: channels scored by
   ‖R[:, j]‖·‖x_j‖ (residual times activation norm, √G_jj); with C fixed the best S is a
@@ -127,12 +129,23 @@ def lost_whitened(w: torch.Tensor, L: torch.Tensor, r: int, c: int, iters: int =
 
 
 def lost_split(w: torch.Tensor, sizes: list[tuple[int, int]], L: torch.Tensor | None = None,
-               iters: int = 2) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
+               iters: int = 2, scale: torch.Tensor | None = None
+               ) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
     """Best of several (rank, channels) splits of one budget on the variant's own objective.
 
-    ``sizes``: candidate (r, c) pairs (include (r_max, 0), the rank-only split). Returns
-    ((A, B, channels, columns), info) with info: rank, channels, error (squared, of the
-    chosen split), errors ({"r,c": squared error} of every candidate)."""
+    ``sizes``: candidate (r, c) pairs (include (r_max, 0), the rank-only split). ``scale``
+    (without ``L``): positive per-input-channel weights s; the weight-error fit then runs on
+    W·diag(s) and is undone, i.e. it minimizes ‖(W − BA − S)·diag(s)‖_F, the output error
+    under a diagonal Gram diag(s²). Returns ((A, B, channels, columns), info) with info:
+    rank, channels, error (squared, of the chosen split), errors ({"r,c": squared error} of
+    every candidate)."""
+    if scale is not None:
+        if L is not None:
+            raise ValueError("lost_split: a channel scale applies to the weight-error fit only")
+        s = scale.to(device=w.device, dtype=torch.float64)
+        (A, B, chosen, cols), info = lost_split(w.detach().to(torch.float64) * s, sizes, None,
+                                                iters)
+        return (A / s, B, chosen, cols / s[chosen]), info
     svd = g = None
     if L is None:
         svd = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)

@@ -23,7 +23,7 @@ from compressor.core.types import Compressed, Target
 from compressor.parts.base import CompressedLinear
 from compressor.parts.channels import ChannelSparsePart
 from compressor.parts.lowrank import LowRankPart
-from compressor.primitives.linalg import balance_factors, whitening
+from compressor.primitives.linalg import balance_factors, positive_weights, whitening
 
 from .config import LOSTConfig
 from .decompose import lost_split
@@ -39,7 +39,7 @@ class LOST(Method):
     Config = LOSTConfig
 
     def needs_for(self, cfg: LOSTConfig) -> frozenset[str]:
-        return frozenset({"gram"}) if cfg.whiten else frozenset()
+        return frozenset({"gram"}) if cfg.whiten or cfg.act_scale else frozenset()
 
     def compress(self, target: Target, cfg: LOSTConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
@@ -50,11 +50,16 @@ class LOST(Method):
         sizes = sorted({lost_sizes(m, n, cfg.ratio, f, cfg.rank, value_bytes, target.name)
                         for f in fracs}, key=lambda rc: rc[1])
         info = {}
-        L = None
+        L = scale = None
         if cfg.whiten:
             L, winfo = whitening(require_stat(target, "gram").to(W.device), cfg.percdamp)
             info.update({"damp": winfo["damp"], "dead_channels": winfo["dead"]})
-        (A, B, chosen, cols), sinfo = lost_split(W, sizes, L, cfg.iters)
+        elif cfg.act_scale:
+            stats = target.stats
+            rms = torch.diagonal(require_stat(target, "gram")).to(W.device, torch.float64)
+            scale, floored = positive_weights(rms.clamp_min(0).div(max(stats.ntokens, 1)).sqrt())
+            info["floored_channels"] = floored
+        (A, B, chosen, cols), sinfo = lost_split(W, sizes, L, cfg.iters, scale)
         A, B = balance_factors(A, B)
         parts = [LowRankPart(A.to(target.dtype), B.to(target.dtype))]
         if chosen.numel() > 0:
@@ -62,5 +67,6 @@ class LOST(Method):
         kept = sum(p.stored_numel() for p in parts)
         info.update({"rank": sinfo["rank"], "channels": sinfo["channels"], "kept_params": kept,
                      "sparse_params": kept - parts[0].stored_numel(), "whiten": cfg.whiten,
+                     "act_scale": cfg.act_scale and not cfg.whiten,
                      "split_errors": {k: float(f"{v:.6g}") for k, v in sinfo["errors"].items()}})
         return Compressed(CompressedLinear(m, n, parts, target.bias), info)
