@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # routine for the same factors) move a compressed model's perplexity on 16 windows this much.
 TIE = 0.01
 PAIRS = [
-    ("LOST (data-free) vs SVD, ratio 0.1", "lost-r0.1", ["svd-r0.1"]),
-    ("LOST (data-free) vs SVD, ratio 0.2", "lost-r0.2", ["svd-r0.2"]),
+    ("LOST data-free (--calib random) vs SVD, ratio 0.1", "lost-df-r0.1", ["svd-r0.1"]),
+    ("LOST data-free (--calib random) vs SVD, ratio 0.2", "lost-df-r0.2", ["svd-r0.2"]),
+    ("its rank-only case (same scales), ratio 0.1", "lost-df-rank-r0.1", ["svd-r0.1"]),
+    ("LOST weight-only (act_scale=false) vs SVD, ratio 0.1", "lost-r0.1", ["svd-r0.1"]),
+    ("LOST weight-only (act_scale=false) vs SVD, ratio 0.2", "lost-r0.2", ["svd-r0.2"]),
     ("LOST whiten vs whitened SVD, ratio 0.1", "lost-w-r0.1", ["wsvd-r0.1"]),
     ("LOST whiten vs whitened SVD, ratio 0.2", "lost-w-r0.2", ["wsvd-r0.2"]),
     ("FWSVD whiten vs whitened SVD, ratio 0.1", "fwsvd-w-r0.1", ["wsvd-r0.1"]),

@@ -4,7 +4,8 @@
 # (bench_out/diag_grams.pt from grams.py 1,8,15,23) against plain SVD, at ratio argv[1].
 import sys
 import torch
-from compressor.models import load_model, decoder_layers, target_linears
+from _random_tokens import random_token_grams
+from compressor.models import load_model
 from compressor.methods.lost.decompose import lost_split
 from compressor.methods.lost.sizing import lost_sizes
 from compressor.methods.lost.config import LOSTConfig
@@ -13,20 +14,7 @@ torch.set_num_threads(2)
 ratio = float(sys.argv[1]) if len(sys.argv) > 1 else 0.1
 d = torch.load("bench_out/diag_grams.pt")
 model, tok, _ = load_model("smollm2-135m", dtype="float32")
-_, layers = decoder_layers(model)
-g = torch.Generator().manual_seed(0)
-ids = torch.randint(0, model.config.vocab_size, (4, 512), generator=g)
-rg = {}
-hooks = []
-for i in (1, 8, 15, 23):
-    for rel, lin in target_linears(layers[i]).items():
-        name = f"{i}.{rel}"
-        def hook(mod, args, out, name=name):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            rg[name] = rg.get(name, 0) + x.T @ x
-        hooks.append(lin.register_forward_hook(hook))
-with torch.no_grad():
-    for b in range(4): model(ids[b:b+1], use_cache=False)
+rg = random_token_grams(model, (1, 8, 15, 23))
 fr = LOSTConfig().sparse_fracs
 tot = {}
 def approx_of(A, B, ch, cols):

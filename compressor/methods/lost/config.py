@@ -26,7 +26,9 @@ class LOSTConfig(MethodConfig):
     whiten: bool = Field(False, description=(
         "Activation-aware: minimize the output error on the calibration inputs (low rank "
         "and channels in the whitened space, channels scored by residual x activation "
-        "norm, their columns fitted by least squares). False: the data-free weight error."))
+        "norm, their columns fitted by least squares). Needs several times more calibration "
+        "tokens than input channels (the fit overfits a few thousand). False: the weight "
+        "error, scaled per input channel when act_scale is true."))
     act_scale: bool = Field(True, description=(
         "When whiten is false: fit on W·diag(s), s_j the RMS of input channel j over the "
         "calibration inputs, and undo it (the output error under a diagonal Gram). With "

@@ -5,12 +5,14 @@ Models") trains a low-rank factorization next to a channel-wise sparse component
 low-rank part initialized from the dominant singular components and the channels from the
 rest. As a post-training compressor (an adaptation, not the paper's training): per matrix,
 W ≈ BA + S with S on c whole input channels, fitted by alternating exact sub-steps (see
-decompose.py) — data-free on ‖ΔW‖, or with ``whiten`` on the calibration output error
-‖ΔW·L‖ with channels chosen by residual × activation norm. The split of the byte budget
+decompose.py) — on ‖ΔW·diag(s)‖ with s each input channel's RMS (``act_scale``; data-free
+with ``--calib random``, whose random token ids show the input scales the weights hide), on
+‖ΔW‖ without it, or with ``whiten`` on the calibration output error ‖ΔW·L‖ with channels
+chosen by residual × activation norm. The split of the byte budget
 between rank and channels is searched per matrix over the whole range, from rank-only to
 nearly all channels (the error is U-shaped in the split, so a local search from rank-only
 misses the channel end), and LOST is never worse than its rank-only special case (plain or
-whitened SVD) on its own objective.
+scaled or whitened SVD) on its own objective.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class LOST(Method):
     name = "lost"
     summary = ("LOST low-rank + channel-wise sparse (published as a pre-training method; "
                "this is a post-training adaptation): rank-r fit plus whole input channels, "
-               "the split searched per matrix; whiten=true works on the output error.")
+               "the split searched per matrix, on input-scaled weights (data-free with "
+               "--calib random); whiten=true works on the output error.")
     Config = LOSTConfig
 
     def needs_for(self, cfg: LOSTConfig) -> frozenset[str]:
