@@ -120,3 +120,23 @@ def test_flag_reaches_the_last_stage_that_takes_it():
                       {"method": "eora", "rank": 8}]
     with pytest.raises(Exception, match="--base applies to compensation"):
         stages_from_flags("svd", "rtn", {})
+
+
+def test_data_free_lost_calibrates_on_random_token_ids(tiny_model_dir, tmp_path, capsys,
+                                                      monkeypatch):
+    """`--calib random`: no text is read; LOST's channel scales come from the token ids, the
+    report says so, and the same seed writes the same tensors."""
+    from safetensors.torch import load_file
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        code, _, err = run_cli(["compress", str(tiny_model_dir), "--method", "lost", "--ratio",
+                                "0.3", "--calib", "random", "--nsamples", "2", "--seqlen", "32",
+                                "-o", str(out)], capsys, monkeypatch)
+        assert code == 0, err
+        outs.append(out)
+    rep = json.loads((outs[0] / "report.json").read_text())
+    assert rep["calibration"]["dataset"] == "random"
+    assert all(m["info"]["act_scale"] for m in rep["modules"])
+    a, b = (load_file(str(o / "model.safetensors")) for o in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
