@@ -58,9 +58,9 @@ class LOST(Method):
             L, winfo = whitening(require_stat(target, "gram").to(W.device), cfg.percdamp)
             info.update({"damp": winfo["damp"], "dead_channels": winfo["dead"]})
         elif cfg.act_scale:
-            stats = target.stats
-            rms = torch.diagonal(require_stat(target, "gram")).to(W.device, torch.float64)
-            scale, floored = positive_weights(rms.clamp_min(0).div(max(stats.ntokens, 1)).sqrt())
+            sq = torch.diagonal(require_stat(target, "gram")).to(W.device, torch.float64)
+            rms = sq.clamp_min(0).div(max(target.stats.ntokens, 1)).sqrt()
+            scale, floored = positive_weights(rms)
             info["floored_channels"] = floored
         (A, B, chosen, cols), sinfo = lost_split(W, sizes, L, cfg.iters, scale)
         A, B = balance_factors(A, B)
