@@ -35,7 +35,7 @@ from compressor.recipe import Recipe, dump_recipe
 from compressor.report import write_report
 from compressor.run_eval import _progress_fn, check_expectations, evaluate_all
 from compressor.runtime import StageTimer, machine, peak_memory, versions
-from compressor.safety.limits import calibration_seqlen, check_ranks
+from compressor.safety.limits import calibration_seqlen, check_ranks, warn_few_tokens
 from compressor.safety.memory import check_activation_memory
 
 
@@ -137,6 +137,8 @@ def calibrate(run: RunState) -> None:
     with run.timer("data"):
         run.windows = calibration_windows(run.tokenizer, cal.dataset, cal.nsamples, run.seqlen,
                                           cal.seed)
+    warn_few_tokens(r.stages, int(run.windows.numel()),
+                    max(run.model.get_submodule(n).weight.shape[1] for n in run.target_names))
     if r.eval and r.eval.tasks:
         from compressor.tasks import _lm_eval, task_spec
         _lm_eval()                                  # fail before hours of compression, not after

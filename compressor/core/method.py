@@ -97,6 +97,11 @@ class Method:
         """The statistics this configuration reads (default: the class's ``needs``)."""
         return self.needs
 
+    def calibration_advice(self, cfg: MethodConfig, tokens: int, widest_input: int) -> str | None:
+        """A one-line warning when ``tokens`` calibration tokens are too few for this
+        configuration's fit to generalize to other text (None: nothing to say)."""
+        return None
+
     def true_sequential(self, cfg: MethodConfig) -> bool:
         """True when this configuration wants each group of a layer's linears (q/k/v, o,
         gate/up, down) calibrated on the outputs of the groups compressed before it."""

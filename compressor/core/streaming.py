@@ -104,6 +104,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     from compressor.core.pipeline import sequential_compress
     from compressor.core.stages import Stage, stage_needs
     from compressor.data import calibration_windows
+    from compressor.safety.limits import warn_few_tokens
     from compressor.models import (
         decoder_layers,
         linear_kind,
@@ -146,6 +147,7 @@ def stream_compress(recipe: Any, *, force: bool = False, progress: Any = None,
     cal = recipe.calibration
     seqlen = min(cal.seqlen, getattr(config, "max_position_embeddings", cal.seqlen) or cal.seqlen)
     windows = calibration_windows(tokenizer, cal.dataset, cal.nsamples, seqlen, cal.seed)
+    warn_few_tokens(recipe.stages, int(windows.numel()), max(n for _, n in shapes.values()))
 
     grad_stats = None
     want = set(needs & GRAD_STATS)

@@ -1,6 +1,7 @@
 """Flag values the model cannot honour, refused before calibration starts (not capped or
 discovered layer by layer): a calibration window longer than the model's context, and a rank
-larger than the smallest targeted matrix allows."""
+larger than the smallest targeted matrix allows; and a warning where a method's fit needs
+more calibration tokens than given."""
 
 from __future__ import annotations
 
@@ -47,3 +48,15 @@ def check_ranks(stages_cfg: list[Any], shapes: dict[str, tuple[int, int]]) -> No
         if rank > bound:
             raise UserError(f"rank {rank} is too large for stage {i + 1} ({cfg.method}): use a "
                             f"rank <= {bound} (the smallest target, {name} {m}x{n})")
+
+
+def warn_few_tokens(stages_cfg: list[Any], tokens: int, widest_input: int) -> list[str]:
+    """Log (and return) each stage's advice when the calibration is too small for its fit."""
+    from compressor.core.registry import get_method
+    lines = []
+    for i, cfg in enumerate(stages_cfg):
+        advice = get_method(cfg.method)().calibration_advice(cfg, tokens, widest_input)
+        if advice:
+            lines.append(f"stage {i + 1}: {advice}")
+            log.warning("%s", lines[-1])
+    return lines

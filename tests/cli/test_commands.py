@@ -140,3 +140,14 @@ def test_data_free_lost_calibrates_on_random_token_ids(tiny_model_dir, tmp_path,
     assert all(m["info"]["act_scale"] for m in rep["modules"])
     a, b = (load_file(str(o / "model.safetensors")) for o in outs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_whitened_lost_on_few_tokens_says_so_and_still_runs(tiny_model_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    code, out, err = run_cli(["compress", str(tiny_model_dir), "--method", "lost", "--ratio",
+                              "0.3", "--set", "whiten=true", *FAST, "-o", str(tmp_path / "o")],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    said = " ".join((out + err).split())          # rich wraps the line to the terminal
+    assert "lost whiten=true: 64 calibration tokens for inputs up to 96 wide" in said
+    assert said.count("calibration tokens for inputs") == 1

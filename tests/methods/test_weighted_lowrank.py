@@ -243,6 +243,18 @@ def test_channel_scaled_lost_needs_the_calibration_gram():
     assert lost.needs_for(lost.Config(act_scale=False)) == frozenset()
 
 
+def test_whitened_lost_warns_when_calibration_is_small_for_its_channel_fit(caplog):
+    from compressor.methods.lost.config import LOSTConfig
+    from compressor.methods.svd.config import SVDConfig
+    from compressor.safety.limits import warn_few_tokens
+    stages = [SVDConfig(ratio=0.2), LOSTConfig(ratio=0.2), LOSTConfig(ratio=0.2, whiten=True)]
+    with caplog.at_level("WARNING", logger="svdc"):
+        lines = warn_few_tokens(stages, tokens=2048, widest_input=1536)
+    assert len(lines) == 1 and lines[0].startswith("stage 3: lost whiten=true: 2048")
+    assert "--nsamples" in lines[0] and lines[0] in caplog.text
+    assert warn_few_tokens(stages, tokens=4 * 1536, widest_input=1536) == []
+
+
 # --- WeLore on whitened spectra ----------------------------------------------------------------
 
 def test_welore_allocation_for_whitened_svd_reads_whitened_spectra():

@@ -44,6 +44,15 @@ class LOST(Method):
     def needs_for(self, cfg: LOSTConfig) -> frozenset[str]:
         return frozenset({"gram"}) if cfg.whiten or cfg.act_scale else frozenset()
 
+    def calibration_advice(self, cfg: LOSTConfig, tokens: int, widest_input: int) -> str | None:
+        # measured on SmolLM2: below ~4x the input width the channels' least-squares fit
+        # scores worse than whitened SVD on held-out tokens (README, lost)
+        if cfg.whiten and tokens < 4 * widest_input:
+            return (f"lost whiten=true: {tokens} calibration tokens for inputs up to "
+                    f"{widest_input} wide; its channel fit may not carry over to other text "
+                    f"below ~{4 * widest_input} tokens: raise --nsamples or --seqlen")
+        return None
+
     def compress(self, target: Target, cfg: LOSTConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
         W = target.weight
