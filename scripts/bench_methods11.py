@@ -21,6 +21,8 @@ PAIRS = [
     ("its rank-only case (same scales), ratio 0.1", "lost-df-rank-r0.1", ["svd-r0.1"]),
     ("LOST weight-only (act_scale=false) vs SVD, ratio 0.1", "lost-r0.1", ["svd-r0.1"]),
     ("LOST weight-only (act_scale=false) vs SVD, ratio 0.2", "lost-r0.2", ["svd-r0.2"]),
+    ("LOST default (text-calibrated scales) vs whitened SVD, ratio 0.1", "lost-s-r0.1",
+     ["wsvd-r0.1"]),
     ("LOST whiten vs whitened SVD, ratio 0.1", "lost-w-r0.1", ["wsvd-r0.1"]),
     ("LOST whiten vs whitened SVD, ratio 0.2", "lost-w-r0.2", ["wsvd-r0.2"]),
     ("FWSVD whiten vs whitened SVD, ratio 0.1", "fwsvd-w-r0.1", ["wsvd-r0.1"]),
