@@ -65,6 +65,11 @@ def is_local_source(source: str) -> bool:
     return source.strip().lower() not in NAMED_SOURCES
 
 
+def is_random_source(source: str) -> bool:
+    """``random``: seeded token ids, a calibration source with no documents."""
+    return source.strip().lower() == RANDOM_SOURCE
+
+
 def default_eval_split(source: str) -> str:
     """What evaluation scores when not told: a local file whole, a named source's test split."""
     return "all" if is_local_source(source) else "test"
@@ -75,7 +80,7 @@ def load_split_with_meta(source: str, split: str) -> tuple[Sequence[str], dict]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     key = source.strip().lower()
-    if key == RANDOM_SOURCE:
+    if is_random_source(key):
         raise UserError("'random' (uniform token ids) has no documents: it is a calibration "
                         "source only; evaluate or heal on builtin, wikitext2, c4 or a text file.")
     if split == "all" and key in NAMED_SOURCES:
@@ -298,7 +303,7 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int,
     windows are cut at random from all documents joined with "\\n\\n".
     """
     _check_sizes(nsamples, seqlen)
-    if source.strip().lower() == RANDOM_SOURCE:
+    if is_random_source(source):
         return random_windows(len(tokenizer), nsamples, seqlen, seed)
     docs, meta = load_split_with_meta(source, "calib")
     if len(docs) == 0:

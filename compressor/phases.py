@@ -137,8 +137,9 @@ def calibrate(run: RunState) -> None:
     with run.timer("data"):
         run.windows = calibration_windows(run.tokenizer, cal.dataset, cal.nsamples, run.seqlen,
                                           cal.seed)
-    warn_few_tokens(r.stages, int(run.windows.numel()),
-                    max(run.model.get_submodule(n).weight.shape[1] for n in run.target_names))
+    if run.dist.is_main:                            # one warning, not one per rank
+        warn_few_tokens(r.stages, int(run.windows.numel()),
+                        max(run.model.get_submodule(n).weight.shape[1] for n in run.target_names))
     if r.eval and r.eval.tasks:
         from compressor.tasks import _lm_eval, task_spec
         _lm_eval()                                  # fail before hours of compression, not after

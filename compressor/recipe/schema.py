@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from compressor.core.registry import config_classes, get_method
-from compressor.data import RANDOM_SOURCE
+from compressor.data import is_random_source
 
 RECIPE_VERSION = 1
 
@@ -72,7 +72,7 @@ class Evaluation(_Strict):
     @field_validator("datasets")
     @classmethod
     def _text_only(cls, v: list[str]) -> list[str]:
-        if any(d.strip().lower() == RANDOM_SOURCE for d in v):
+        if any(is_random_source(d) for d in v):
             raise ValueError("eval datasets: 'random' is a calibration source (no text to "
                              "score); use builtin, wikitext2, c4 or a text file")
         return v
@@ -140,7 +140,7 @@ class Recipe(_Strict):
             if post[i - 1] and not post[i]:
                 raise ValueError(f"stage {i + 1} ({names[i]}) comes after the post stage "
                                  f"{names[i - 1]}; post stages (heal) go last")
-        if any(post) and self.calibration.dataset.strip().lower() == RANDOM_SOURCE:
+        if any(post) and is_random_source(self.calibration.dataset):
             raise ValueError("heal trains on windows of the calibration text, and "
                              "calibration.dataset 'random' has none: calibrate on builtin, "
                              "wikitext2, c4 or a text file, or drop the heal stage")
