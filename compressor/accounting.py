@@ -39,15 +39,15 @@ def written_entries(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def model_footprint(model: nn.Module, source_dtype: torch.dtype | None = None) -> tuple[int, int]:
-    """(params, bytes) of a model's unique tensors (tied weights once); floating tensors are
-    counted at ``source_dtype``'s size when given: "before" means the checkpoint as it was
-    on disk, not its float32 copy in memory."""
+    """(params, bytes) of a model's unique tensors (tied weights once, by identity, so a
+    meta-device skeleton counts the same as the loaded model); floating tensors are counted at
+    ``source_dtype``'s size when given: "before" means the checkpoint as it was on disk, not
+    its float32 copy in memory."""
     seen, numel, nbytes = set(), 0, 0
-    for t in model.state_dict().values():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key in seen and t.numel():
+    for t in model.state_dict(keep_vars=True).values():
+        if id(t) in seen:
             continue
-        seen.add(key)
+        seen.add(id(t))
         numel += t.numel()
         size = source_dtype.itemsize if source_dtype is not None and t.is_floating_point() \
             else t.element_size()

@@ -29,8 +29,10 @@ class CompressResult:
 def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
              progress: ProgressSink | None = None, command: str = "",
              keep_model: bool = False, trust_remote_code: bool = False,
-             recipe_file: str | Path | None = None) -> CompressResult:
-    """Check the output before anything loads, then hold its lock for the whole run."""
+             recipe_file: str | Path | None = None, stream: bool = False) -> CompressResult:
+    """Check the output before anything loads, then hold its lock for the whole run.
+    ``stream``: read and write one decoder layer at a time (models larger than RAM); every
+    method, stage and option runs the same (phases.py)."""
     if not recipe.model:
         raise UserError("no model given: pass MODEL on the command line or set `model:` in the recipe")
     if not recipe.output:
@@ -38,17 +40,19 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
     output = Path(recipe.output)
     if env_rank() != 0:   # rank 0 checks, locks and writes the output; the others compute
         return _compress(recipe, output, force=force, resume=resume, progress=progress,
-                         command=command, keep_model=keep_model, trust_remote_code=trust_remote_code)
+                         command=command, keep_model=keep_model,
+                         trust_remote_code=trust_remote_code, stream=stream)
     with guarded_output(output, force, inputs_of(recipe.model, recipe_file, recipe.calibration.dataset,
                                                  recipe.gradients.fisher_file)):
         return _compress(recipe, output, force=force, resume=resume, progress=progress,
-                         command=command, keep_model=keep_model, trust_remote_code=trust_remote_code)
+                         command=command, keep_model=keep_model,
+                         trust_remote_code=trust_remote_code, stream=stream)
 
 
 def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,
               progress: ProgressSink | None, command: str, keep_model: bool,
-              trust_remote_code: bool) -> CompressResult:
-    run = phases.setup(recipe, output, progress)
+              trust_remote_code: bool, stream: bool) -> CompressResult:
+    run = phases.setup(recipe, output, progress, stream)
     phases.load(run, trust_remote_code)
     phases.calibrate(run)
     phases.plan(run)

@@ -1,10 +1,16 @@
 """The phases of one compress run, in order: set up, load, calibrate, plan, layers, heal,
-write. Each reads and fills one RunState, so api.compress reads as the list of phases."""
+write. Each reads and fills one RunState, so api.compress reads as the list of phases.
+
+This is the one orchestrator for every mode. ``--stream`` changes two things only: the layer
+source (the whole model resident, or a meta skeleton whose layers are read from the shards and
+freed: core/sources.py) and the writer (one file, or the per-layer checkpoints linked in as
+shards: checkpoint/stream_save.py). Ranks, resume, planning, gradients, heal, evaluation and
+the report run the same code in both.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +27,13 @@ from compressor.accounting import (
 )
 from compressor.atomic import atomic_dir
 from compressor.checkpoint import round_uncompressed, save_compressed
+from compressor.core.context import PassContext
 from compressor.core.distributed import Distributed, run_on_main
 from compressor.core.gradients import GRAD_STATS
-from compressor.core.pipeline import numerics_summary, sequential_compress
+from compressor.core.pipeline import CompressJob, compress_pass, numerics_summary
 from compressor.core.planning import planning_pass
 from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
+from compressor.core.sources import InMemoryLayers, StreamedLayers
 from compressor.core.stages import Stage, stage_needs
 from compressor.errors import UserError
 from compressor.heal.stage import HealJob, split_post_stages
@@ -47,14 +55,16 @@ class RunState:
     output: Path
     progress: ProgressSink
     device: torch.device
-    dist: Any
+    dist: Distributed
     recipe_json: str
+    stream: bool = False
     timer: StageTimer = field(default_factory=StageTimer)
     stages: list[Stage] = field(default_factory=list)
     post_stages: list[Stage] = field(default_factory=list)
     needs: frozenset[str] = frozenset()
     model: Any = None
     tokenizer: Any = None
+    source: Any = None                 # InMemoryLayers | StreamedLayers
     minfo: dict[str, Any] = field(default_factory=dict)
     compute_dtype: torch.dtype = torch.float32
     storage_dtype: torch.dtype = torch.float32
@@ -62,10 +72,11 @@ class RunState:
     layers_path: str = ""
     layers: Any = None
     target_names: list[str] = field(default_factory=list)
+    target_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
     before_targets: tuple[int, int] = (0, 0)
     before_model: tuple[int, int] = (0, 0)
     seqlen: int = 0
-    windows: Any = None
+    windows: Any = None                # None: a data-free run (no forward pass at all)
     dense_eval: dict[str, Any] | None = None
     grad_stats: dict[str, dict[str, torch.Tensor]] | None = None
     grad_info: dict[str, Any] | None = None
@@ -79,8 +90,24 @@ class RunState:
         t = self.recipe.targets
         return target_linears(layer, include=t.include, exclude=t.exclude)
 
+    def context(self, resume: LayerCheckpoints | None = None) -> PassContext:
+        return PassContext(device=self.device, seed=self.recipe.calibration.seed,
+                           storage_dtype=self.storage_dtype, dist=self.dist, resume=resume,
+                           progress=self.progress)
 
-def setup(recipe: Recipe, output: Path, progress: ProgressSink | None) -> RunState:
+    def job(self) -> CompressJob:
+        from compressor.models import linear_kind
+        return CompressJob(layers_path=self.layers_path, stages=self.stages, needs=self.needs,
+                           targets_of=self.targets_of, kind_of=linear_kind,
+                           grad_stats=self.grad_stats)
+
+    @property
+    def data_free(self) -> bool:
+        return self.windows is None
+
+
+def setup(recipe: Recipe, output: Path, progress: ProgressSink | None,
+          stream: bool = False) -> RunState:
     """Device, ranks (a no-op alone) and the stages, before anything loads."""
     from compressor.models import resolve_device
     device = resolve_device(recipe.device)
@@ -88,8 +115,8 @@ def setup(recipe: Recipe, output: Path, progress: ProgressSink | None) -> RunSta
         torch.cuda.reset_peak_memory_stats(device)
     recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"output", "eval", "expect"}),
                              sort_keys=True)
-    dist = Distributed.start(device, recipe_json + __version__)
-    run = RunState(recipe=recipe, output=output, device=dist.device, dist=dist,
+    dist = Distributed.start(device, recipe_json + __version__ + f"stream={stream}")
+    run = RunState(recipe=recipe, output=output, device=dist.device, dist=dist, stream=stream,
                    progress=(progress or NullProgress()) if dist.is_main else NullProgress(),
                    recipe_json=recipe_json)
     stages, run.post_stages = split_post_stages([Stage.of(cfg) for cfg in recipe.stages])
@@ -101,18 +128,29 @@ def setup(recipe: Recipe, output: Path, progress: ProgressSink | None) -> RunSta
 
 
 def load(run: RunState, trust_remote_code: bool) -> None:
-    """The model, its target linears and what they weigh before compression."""
+    """The model (whole, or a skeleton whose layers stream), its target linears and what
+    they weigh before compression."""
     from compressor.models import decoder_layers, load_model
     r = run.recipe
     with run.timer("load"):
-        model, run.tokenizer, minfo = load_model(r.model, dtype=r.dtype, device="cpu",
-                                                 compute_device=run.device,
-                                                 trust_remote_code=trust_remote_code)
-    run.model, run.minfo = model, (minfo if isinstance(minfo, dict) else vars(minfo))
+        if run.stream:
+            from compressor.checkpoint.stream_load import open_streamed
+            if trust_remote_code:
+                raise UserError("--stream builds models from transformers' own classes only; "
+                                "drop --trust-remote-code or --stream")
+            model, run.tokenizer, run.minfo, reader = open_streamed(r.model, r.dtype, run.device)
+        else:
+            model, run.tokenizer, minfo = load_model(r.model, dtype=r.dtype, device="cpu",
+                                                     compute_device=run.device,
+                                                     trust_remote_code=trust_remote_code)
+            run.minfo = minfo if isinstance(minfo, dict) else vars(minfo)
+    run.model = model
     run.compute_dtype = next(model.parameters()).dtype
     run.storage_dtype = resolve_storage_dtype(r.storage_dtype, run.minfo.get("checkpoint_dtype"),
                                               run.compute_dtype)
     run.layers_path, run.layers = decoder_layers(model)
+    run.source = (StreamedLayers(model, run.layers_path, reader) if run.stream
+                  else InMemoryLayers(model, run.layers_path))
     run.target_names = [f"{run.layers_path}.{i}.{rel}" for i, layer in enumerate(run.layers)
                         for rel in run.targets_of(layer)]
     if not run.target_names:
@@ -121,17 +159,36 @@ def load(run: RunState, trust_remote_code: bool) -> None:
     run.source_dtype = resolve_storage_dtype("auto", run.minfo.get("checkpoint_dtype"),
                                              run.compute_dtype)   # what the checkpoint holds
     run.before_model = model_footprint(model, run.source_dtype)
-    tw = [model.get_submodule(n).weight for n in run.target_names]
-    numel = sum(w.numel() for w in tw)
+    run.target_shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in run.target_names}
+    numel = sum(a * b for a, b in run.target_shapes.values())
     run.before_targets = (numel, numel * run.source_dtype.itemsize)
-    check_ranks(r.stages, {n: tuple(w.shape) for n, w in zip(run.target_names, tw)})
+    check_ranks(r.stages, run.target_shapes)
+
+
+def needs_calibration(run: RunState) -> bool:
+    """Whether any part of the run reads the model's response to text: a statistic, a plan
+    that needs data, heal, a dense evaluation, or output errors asked for."""
+    r = run.recipe
+    if r.output_errors is not None and r.output_errors:
+        return True
+    return bool(run.needs or run.post_stages or (r.eval and r.eval.dense)
+                or any(s.method.plan_needs_for(s.cfg) or s.method.true_sequential(s.cfg)
+                       for s in run.stages))
 
 
 def calibrate(run: RunState) -> None:
-    """Calibration windows, task checks, the dense evaluation and the gradient statistics."""
+    """Calibration windows, task checks, the dense evaluation and the gradient statistics;
+    none of it in a data-free run (RTN, SVD, magnitude pruning: read, compress, write)."""
     from compressor.data import calibration_windows
     r, cal = run.recipe, run.recipe.calibration
     run.seqlen = calibration_seqlen(cal, run.model.config)
+    if r.eval and r.eval.tasks:
+        from compressor.tasks import _lm_eval, task_spec
+        _lm_eval()                                  # fail before hours of compression, not after
+        for t in r.eval.tasks:
+            task_spec(t)
+    if not needs_calibration(run):
+        return
     check_activation_memory(cal.nsamples, run.seqlen, run.minfo.get("hidden_size"),
                             run.compute_dtype.itemsize)
     with run.timer("data"):
@@ -139,39 +196,30 @@ def calibrate(run: RunState) -> None:
                                           cal.seed)
     if run.dist.is_main:                            # one warning, not one per rank
         warn_few_tokens(r.stages, int(run.windows.numel()),
-                        max(run.model.get_submodule(n).weight.shape[1] for n in run.target_names))
-    if r.eval and r.eval.tasks:
-        from compressor.tasks import _lm_eval, task_spec
-        _lm_eval()                                  # fail before hours of compression, not after
-        for t in r.eval.tasks:
-            task_spec(t)
+                        max(shape[1] for shape in run.target_shapes.values()))
     if r.eval and r.eval.dense:
         with run.timer("eval_dense"):   # the uncompressed model on the same windows and tasks
-            run.dense_eval = evaluate_all(run.model, run.tokenizer, r, run.seqlen, run.device,
-                                          run.progress, "dense ")
+            run.dense_eval = _evaluate_source(run)
     want = set(run.needs & GRAD_STATS)
     if want:
         with run.timer("gradients"):
-            run.grad_stats, run.grad_info = _gradients(r, run.model, run.windows, run.target_names,
-                                                       want, run.device, run.progress, run.dist)
+            run.grad_stats, run.grad_info = _gradients(run, want)
 
 
 def plan(run: RunState) -> None:
     """Each stage's global plan (rank / bit allocation); stages whose plan needs calibration
     statistics (LQ-LoRA's output-error ILP, WeLore on whitened spectra) get one pass first."""
-    from compressor.models import linear_kind
     with run.timer("plan"):
-        weights = DeviceWeights({n: run.model.get_submodule(n).weight for n in run.target_names},
-                                run.device)
+        weights = run.source.weights(run.target_names, run.device)
         fisher = ({n: g["fisher"] for n, g in run.grad_stats.items() if "fisher" in g}
                   if run.grad_stats else None)
-        measures, plan_pass_s = planning_pass(
-            run.model, run.layers_path, run.layers, targets_of=run.targets_of,
-            kind_of=linear_kind, windows=run.windows, stages=run.stages, device=run.device,
-            seed=run.recipe.calibration.seed, grad_stats=run.grad_stats,
-            storage_dtype=run.storage_dtype, progress=run.progress)
-        if measures:
-            run.timer.seconds["plan.data_pass"] = plan_pass_s
+        measures: dict[int, Any] = {}
+        if not run.data_free:
+            measures, plan_pass_s = planning_pass(run.model, run.layers,
+                                                  run.dist.shard(run.windows), run.job(),
+                                                  run.context(), run.source)
+            if measures:
+                run.timer.seconds["plan.data_pass"] = plan_pass_s
         for k, st in enumerate(run.stages):
             st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=run.storage_dtype,
                                          measures=measures.get(k)) or {}
@@ -180,24 +228,24 @@ def plan(run: RunState) -> None:
 def layers(run: RunState, resume: bool) -> bool:
     """The sequential pass (per-layer checkpoints, ranks); False on a rank other than 0,
     which stops there: rank 0 writes and evaluates alone."""
-    from compressor.models import linear_kind
     dist, cal = run.dist, run.recipe.calibration
-    run_fp = fingerprint(run.minfo, run.windows, run.recipe_json, __version__)
+    run_fp = fingerprint(run.minfo, run.windows if run.windows is not None else torch.empty(0),
+                         run.recipe_json, __version__)
     dist.agree("run fingerprint (model, calibration windows, recipe)", run_fp,
                "every rank must load the same model files and calibration data")
     run.ckpt = run_on_main(dist, lambda: LayerCheckpoints(resume_dir_for(run.output), run_fp,
-                                                          resume), "the resume check")
+                                                          resume, run.storage_dtype),
+                           "the resume check")
     if run.post_stages and dist.is_main:   # heal's windows and teacher, before compression
         with run.timer("heal_prepare"):
             run.heal_job = HealJob.prepare(run.post_stages[0].cfg, run.model, run.tokenizer,
                                            run.windows, cal.dataset, cal.seed, run.device,
-                                           run.ckpt.folder, resume, run.progress)
+                                           run.ckpt.folder, resume, run.progress,
+                                           dense_forward=_dense_forward(run))
     with run.timer("layers"):
-        run.result = sequential_compress(
-            run.model, run.layers_path, run.layers, targets_of=run.targets_of,
-            kind_of=linear_kind, windows=dist.shard(run.windows), stages=run.stages,
-            needs=run.needs, device=run.device, seed=cal.seed, grad_stats=run.grad_stats,
-            progress=run.progress, resume=run.ckpt, storage_dtype=run.storage_dtype, dist=dist)
+        windows = None if run.data_free else dist.shard(run.windows)
+        ctx = run.context(resume=run.ckpt)
+        run.result = compress_pass(run.model, run.layers, windows, run.job(), ctx, run.source)
         dist.close()
         if not dist.is_main:
             return False
@@ -208,9 +256,13 @@ def layers(run: RunState, resume: bool) -> bool:
 
 
 def heal(run: RunState, resume: bool) -> None:
-    """The heal post stage: perplexity before (when the recipe evaluates), then training."""
+    """The heal post stage: perplexity before (when the recipe evaluates), then training. A
+    streamed run first reads the compressed layers back (a fraction of the dense size)."""
     if run.heal_job is None:
         return
+    if run.stream:
+        with run.timer("heal_load"):
+            _resident_compressed(run)
     r, eval_before = run.recipe, None
     if r.eval and run.heal_job.cfg.steps > 0:
         with run.timer("eval_before_heal"):
@@ -225,13 +277,19 @@ def heal(run: RunState, resume: bool) -> None:
 def report_header(run: RunState, command: str) -> dict[str, Any]:
     """What was run, on what, and what happened per module (before the write and the eval)."""
     r, cal, w = run.recipe, run.recipe.calibration, run.windows
+    calibration = ({"dataset": None, "nsamples": 0, "seqlen": 0, "seed": cal.seed,
+                    "ran": False, "why": "no stage reads statistics (data-free); "
+                                         "--output-errors measures them anyway"}
+                   if w is None else
+                   {"dataset": cal.dataset, "nsamples": int(w.shape[0]),
+                    "seqlen": int(w.shape[1]), "seed": cal.seed, "ran": True})
     return {
         "svdc_version": __version__, "command": command, "recipe": r.model_dump(mode="json"),
         "model": {k: (str(v) if isinstance(v, Path) else v) for k, v in run.minfo.items()},
+        "streamed": run.stream,
         "device": str(run.device), "dtype": str(run.compute_dtype).removeprefix("torch."),
         "storage_dtype": str(run.storage_dtype).removeprefix("torch."),
-        "calibration": {"dataset": cal.dataset, "nsamples": int(w.shape[0]),
-                        "seqlen": int(w.shape[1]), "seed": cal.seed},
+        "calibration": calibration,
         "gradients": run.grad_info, "resumed_layers": run.ckpt.resumed_layers,
         "distributed": run.dist.info(), "heal": run.heal_report,
         "modules": [m.to_dict() for m in run.result.records],
@@ -244,8 +302,13 @@ def write(run: RunState, force: bool, command: str) -> dict[str, Any]:
     r, report = run.recipe, report_header(run, command)
     with atomic_dir(run.output, force) as tmp:
         with run.timer("write"):
-            save_compressed(run.model, run.tokenizer, tmp, run.storage_dtype,
-                            {"recipe_fingerprint": run.ckpt.fp})
+            extra = {"recipe_fingerprint": run.ckpt.fp}
+            if run.stream:
+                from compressor.checkpoint.stream_save import save_streamed
+                save_streamed(run.model, run.tokenizer, tmp, run.layers_path, run.layers,
+                              run.ckpt, run.storage_dtype, extra)
+            else:
+                save_compressed(run.model, run.tokenizer, tmp, run.storage_dtype, extra)
             (tmp / "recipe.yaml").write_text(dump_recipe(r))
             report["totals"] = totals(written_entries(tmp), run.target_names, run.before_targets,
                                       run.before_model)
@@ -253,7 +316,7 @@ def write(run: RunState, force: bool, command: str) -> dict[str, Any]:
                                                                    run.before_targets[0])
         if r.eval:
             with run.timer("eval"):
-                ev = evaluate_all(run.model, run.tokenizer, r, run.seqlen, run.device, run.progress)
+                ev = _evaluate_output(run, tmp)
             report["eval"] = ev["perplexity"]
             if ev["tasks"] is not None:
                 report["tasks"] = ev["tasks"]
@@ -269,57 +332,95 @@ def write(run: RunState, force: bool, command: str) -> dict[str, Any]:
     return report
 
 
-class DeviceWeights(Mapping):
-    """Target weights for a global plan() pass, each handed out as float32 on the compute
-    device when asked for (one at a time, so a 7B model never sits on the GPU twice)."""
-
-    def __init__(self, weights: dict[str, torch.Tensor], device: torch.device):
-        self._w, self._device = weights, device
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._w[name].detach().to(device=self._device, dtype=torch.float32)
-
-    def __iter__(self):
-        return iter(self._w)
-
-    def __len__(self) -> int:
-        return len(self._w)
+def _streamed_model_resident(run: RunState) -> bool:
+    return not any(t.is_meta for t in run.model.state_dict().values())
 
 
-def _gradients(recipe, model, windows, target_names, want, device, progress, dist=None):
+def _evaluate_output(run: RunState, folder: Path) -> dict[str, Any]:
+    """The result's evaluation: the model in memory, or (streamed, its layers freed) the
+    written folder read back layer-major, exactly what ``svdc eval --stream`` scores."""
+    if not run.stream or _streamed_model_resident(run):
+        return evaluate_all(run.model, run.tokenizer, run.recipe, run.seqlen, run.device,
+                            run.progress)
+    from compressor.checkpoint.stream_load import load_streamed
+    model = load_streamed(folder, device=run.device, dtype=run.compute_dtype, verify=False)
+    return evaluate_all(model, run.tokenizer, run.recipe, run.seqlen, run.device, run.progress)
+
+
+def _evaluate_source(run: RunState) -> dict[str, Any]:
+    """The uncompressed model's evaluation (``--eval-dense``): in memory, or streamed from
+    the checkpoint's own files."""
+    if not run.stream:
+        return evaluate_all(run.model, run.tokenizer, run.recipe, run.seqlen, run.device,
+                            run.progress, "dense ")
+    from compressor.checkpoint.stream_load import load_streamed
+    model = load_streamed(run.minfo["path"], device=run.device, dtype=run.compute_dtype)
+    return evaluate_all(model, run.tokenizer, run.recipe, run.seqlen, run.device, run.progress,
+                        "dense ")
+
+
+def _dense_forward(run: RunState):
+    """How heal's teacher runs the uncompressed model: resident on the device, or (streamed)
+    the windows walked through every layer first and the final hidden states replayed."""
+    if not run.stream:
+        return None
+    from compressor.core.streamed_forward import replayed_forward
+    return lambda windows: replayed_forward(run.model, run.layers_path, run.layers, windows,
+                                            run.context(), run.source)
+
+
+def _resident_compressed(run: RunState) -> None:
+    """A streamed run's compressed layers read back from its checkpoints (each holds its layer
+    as written, norms included): the model is then resident, a fraction of its dense size."""
+    from compressor.core.shards import ShardReader, load_module
+    files = [run.ckpt.layer_file(i).name for i in range(len(run.layers))]
+    reader = ShardReader.of_files(run.ckpt.folder, files)
+    for i, layer in enumerate(run.layers):
+        load_module(run.model, reader, f"{run.layers_path}.{i}.", layer, "cpu")
+
+
+def _gradients(run: RunState, want: set[str]) -> tuple[dict, dict]:
     """Fisher / |grad| of the targets: loaded from --fisher-file when it matches, else computed
-    (and saved there). The file is keyed by the windows and target shapes it was made from."""
+    (and saved there): the whole model's backward, or streamed (one layer resident at a time,
+    core/streamed_gradients.py). Each rank back-propagates its own windows; sums are reduced.
+    The file is keyed by the windows and target shapes it was made from."""
     from compressor.core.gradient_file import (
         gradient_fingerprint,
         load_gradient_stats,
         save_gradient_stats,
     )
     from compressor.core.gradients import gradient_stats
+    from compressor.core.streamed_gradients import streamed_gradient_stats
 
+    recipe, windows, dist = run.recipe, run.windows, run.dist
     g = recipe.gradients
     n = min(g.nsamples or windows.shape[0], windows.shape[0])
-    shapes = {name: tuple(model.get_submodule(name).weight.shape) for name in target_names}
-    fp = gradient_fingerprint(windows[:n], shapes)
+    fp = gradient_fingerprint(windows[:n], run.target_shapes)
     if g.fisher_file and Path(g.fisher_file).is_file():
-        stats, meta = load_gradient_stats(g.fisher_file, expected_names=shapes,
+        stats, meta = load_gradient_stats(g.fisher_file, expected_names=run.target_shapes,
                                           expected_meta={"fingerprint": fp})
-        missing = [w for w in want if not all(w in stats[name] for name in target_names)]
+        missing = [w for w in want if not all(w in stats[name] for name in run.target_names)]
         if missing:
-            raise UserError(f"{g.fisher_file} lacks {missing}; delete it or point --fisher-file elsewhere to recompute")
+            raise UserError(f"{g.fisher_file} lacks {missing}; delete it or point --fisher-file "
+                            "elsewhere to recompute")
         return stats, {"loaded_from": g.fisher_file, **meta}
-    if dist is not None and dist.active:   # --- distributed: each rank its shard, sums reduced
-        local = dist.shard(windows[:n])
-        stats, info = gradient_stats(model, local, target_names, set(want), device,
-                                     progress=_progress_fn(progress, "gradients"))
+    local = dist.shard(windows[:n])
+    progress = _progress_fn(run.progress, "gradients")
+    if run.stream:
+        stats, info = streamed_gradient_stats(run.model, run.layers_path, run.layers, local,
+                                              run.target_names, set(want), run.context(),
+                                              run.source, resume_dir_for(run.output))
+    else:
+        stats, info = gradient_stats(run.model, local, run.target_names, set(want), run.device,
+                                     progress=progress)
+        run.model.to("cpu")
+    if dist.active:
         stats = dist.reduce_gradient_stats(stats, int(local.shape[0]), n)
         info = {**info, "nsamples": n, "nsamples_per_rank": int(local.shape[0])}
-    else:
-        stats, info = gradient_stats(model, windows[:n], target_names, set(want), device,
-                                     progress=_progress_fn(progress, "gradients"))
-    model.to("cpu")
-    if g.fisher_file and (dist is None or dist.is_main):
+    if g.fisher_file and dist.is_main:
         save_gradient_stats(g.fisher_file, stats, {"model": str(recipe.model), "nsamples": n,
                                                    "seqlen": int(windows.shape[1]),
-                                                   "seed": recipe.calibration.seed, "fingerprint": fp})
+                                                   "seed": recipe.calibration.seed,
+                                                   "fingerprint": fp})
         info = {**info, "saved_to": g.fisher_file}
     return stats, info

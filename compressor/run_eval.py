@@ -29,11 +29,14 @@ def evaluate_all(model, tokenizer, recipe: Recipe, calib_seqlen: int, device, pr
                  label: str = "") -> dict[str, Any]:
     """Perplexity on every eval dataset and, when the recipe names tasks, the lm-eval tasks:
     ``{"perplexity": [...], "tasks": {...} | None}``."""
+    from compressor.checkpoint.stream_load import streamed_layers
     from compressor.evaluate import evaluate
 
     ev = recipe.eval
     assert ev is not None
-    model.to(device)
+    streamed = streamed_layers(model) is not None   # placed when loaded; its layers stream
+    if not streamed:
+        model.to(device)
     out = []
     try:
         for ds in ev.datasets:
@@ -49,7 +52,8 @@ def evaluate_all(model, tokenizer, recipe: Recipe, calib_seqlen: int, device, pr
             tasks = run_tasks(model, tokenizer, list(ev.tasks), limit=ev.task_limit,
                               batch_size=ev.task_batch_size, seed=recipe.calibration.seed)
     finally:
-        model.to("cpu")
+        if not streamed:
+            model.to("cpu")
     return {"perplexity": out, "tasks": tasks}
 
 

@@ -53,7 +53,7 @@ def build_sparse(model_spec: str, sparsity: float):
     `svdc compress --method prune --sparsity S` writes; magnitude scores need no data)."""
     import torch
 
-    from compressor.core.pipeline import set_submodule
+    from compressor.core.layer_io import set_submodule
     from compressor.models import decoder_layers, load_model, target_linears
     from compressor.parts.base import CompressedLinear
     from compressor.parts.sparse import SparsePart

@@ -78,11 +78,12 @@ def _maybe_launch(nproc: int) -> None:
 
 
 def _run(recipe, force: bool, resume: bool, trust_remote_code: bool = False,
-         recipe_file: Path | None = None) -> None:
+         recipe_file: Path | None = None, stream: bool = False) -> None:
     from compressor.api import compress
     with RichProgress() as progress:
         result = compress(recipe, force=force, resume=resume, progress=progress, command=_command_line(),
-                          trust_remote_code=trust_remote_code, recipe_file=recipe_file)
+                          trust_remote_code=trust_remote_code, recipe_file=recipe_file,
+                          stream=stream)
     if not result.report:   # a rank other than 0: rank 0 writes and summarizes
         return
     _print_summary(result.report, result.output)
@@ -126,6 +127,9 @@ def compress(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
     nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
     stream: bool = typer.Option(False, "--stream", help="read and write one decoder layer at a time (models larger than RAM)"),
+    output_errors: Optional[bool] = typer.Option(None, "--output-errors/--no-output-errors", help=(
+        "measure each module's output error on calibration inputs (default: whenever "
+        "calibration runs anyway; data-free methods such as RTN then skip every forward pass)")),
     heal_steps: Optional[int] = typer.Option(None, "--heal-steps", help=(
         "after compressing, train the low-rank factors this many steps (appends a heal stage; "
         "`svdc methods heal` lists its options, set them with --set, e.g. --set lr=5e-5)")),
@@ -161,23 +165,9 @@ def compress(
         names = "-".join(str(s.get("method")) for s in data["stages"] if isinstance(s, dict))
         output = Path(data.get("output") or Path("out") / f"{Path(model).name}-{names}")
     data["output"] = str(output)
-    if stream:   # streaming has its own orchestration (core/streaming.py)
-        _run_streaming(parse_recipe(data, "command line"), force, resume, nproc)
-        return
-    _run(parse_recipe(data, "command line"), force, resume, trust_remote_code, recipe)
-
-
-def _run_streaming(recipe, force: bool, resume: bool, nproc: int) -> None:
-    from compressor.core.streaming import stream_compress
-    if resume or nproc > 1 or recipe.eval:
-        raise UserError("--stream runs alone: without --resume, --nproc or --eval "
-                        "(evaluate the output with `svdc eval` afterwards)")
-    from compressor.safety.guard import guarded_output, inputs_of
-    protected = inputs_of(recipe.model, None, recipe.calibration.dataset,
-                          recipe.gradients.fisher_file)
-    with guarded_output(Path(recipe.output), force, protected), RichProgress() as progress:
-        report = stream_compress(recipe, force=force, progress=progress, command=_command_line())
-    _print_summary(report, Path(recipe.output))
+    if output_errors is not None:
+        data["output_errors"] = output_errors
+    _run(parse_recipe(data, "command line"), force, resume, trust_remote_code, recipe, stream)
 
 
 def _stages_data(method: str | None, recipe: Path | None, base: str | None,
@@ -208,7 +198,8 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (model, stages, out
         force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
-        nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)")) -> None:
+        nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
+        stream: bool = typer.Option(False, "--stream", help="read and write one decoder layer at a time (models larger than RAM)")) -> None:
     """Run a recipe end to end; exit 3 when an `expect` value is missed."""
     _maybe_launch(nproc)
     r = load_recipe(recipe)
@@ -216,4 +207,4 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (model, stages, out
         r.output = str(output)
     if device is not None:
         r.device = device
-    _run(r, force, resume, trust_remote_code, recipe)
+    _run(r, force, resume, trust_remote_code, recipe, stream)

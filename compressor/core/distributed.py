@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from compressor.core.layer_io import set_submodule
 from compressor.core.module_exchange import _numel, _pack, _unpack  # noqa: F401
 from compressor.errors import UserError
 
@@ -302,7 +303,6 @@ class Distributed:
         """Broadcast each rank's compressed modules of ``layer``; install the others' modules
         in ``layer`` (on ``device``). ``mine``: rel -> report row (a ModuleRecord) of the modules
         this rank compressed (already installed). Returns rel -> row for every target."""
-        from compressor.core.pipeline import set_submodule
         from compressor.core.types import ModuleRecord
         if not self.active:
             return dict(mine)
@@ -357,9 +357,9 @@ class Distributed:
 
     def fault_point(self, layer_index: int) -> None:
         """Test hook: ``SVDC_FAULT_KILL=RANK:LAYER`` kills that rank (SIGKILL, no cleanup) when it
-        reaches that layer, as a crashed node would."""
+        reaches that layer, as a crashed node would (rank 0 alone in a 1-process run)."""
         spec = os.environ.get(FAULT_ENV)
-        if not spec or not self.active:
+        if not spec:
             return
         rank, layer = (int(x) for x in spec.split(":"))
         if rank == self.rank and layer == layer_index:

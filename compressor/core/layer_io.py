@@ -157,3 +157,10 @@ def move_all_but_layers(model: nn.Module, layers_path: str, device: torch.device
         model.to(device)
     finally:
         setattr(parent, attr, layers)
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` of ``root`` by ``module``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)

@@ -2,7 +2,8 @@
 
 Layer i's linears see inputs produced by the already-compressed layers 0..i-1, so every
 stage corrects for the error upstream of it. Only layer i is on the compute device;
-cached activations stay on the CPU. The pipeline knows nothing of any method's math.
+cached activations stay on the CPU. The pipeline knows nothing of any method's math; the
+layer walk itself (core/walk.py) is shared with every other pass.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compressor.core.layer_io import capture_inputs, move_all_but_layers, propagate, run_layer
+from compressor.core.context import PassContext
+from compressor.core.layer_io import run_layer, set_submodule
 from compressor.core.measures import (
     bits_per_weight,
     relative_output_error,
@@ -25,8 +27,8 @@ from compressor.core.measures import (
 from compressor.core.stages import Stage
 from compressor.core.stats import LayerStatsCollector
 from compressor.core.types import LinearStats, ModuleRecord, Target
+from compressor.core.walk import LayerSource, walk_layers
 from compressor.parts.base import CompressedLinear, materialized
-from compressor.progress import NullProgress, ProgressSink
 
 log = logging.getLogger("svdc")
 numerics_log = logging.getLogger("svdc.numerics")   # per module; shown under -v only
@@ -41,20 +43,21 @@ def module_generator(seed: int, name: str, device: torch.device) -> torch.Genera
 
 
 def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
-                    stats: LinearStats, stages: list[Stage], device: torch.device,
-                    seed: int, storage_dtype: torch.dtype | None = None
+                    stats: LinearStats, stages: list[Stage], ctx: PassContext
                     ) -> tuple[CompressedLinear, ModuleRecord]:
     """Run every stage on one linear (each stage sees the previous stage's output); the
-    parts' floating tensors are stored in ``storage_dtype`` (default: the weight's)."""
+    parts' floating tensors are stored in ``ctx.storage_dtype``."""
     t0 = time.perf_counter()
+    device = ctx.device
     w = linear.weight.detach().to(device=device, dtype=torch.float32)
     bias = None if linear.bias is None else linear.bias.detach().to(device)
-    dtype = storage_dtype or linear.weight.dtype
+    dtype = ctx.storage_dtype or linear.weight.dtype
     previous: CompressedLinear | None = None
     info: dict[str, Any] = {}
     for stage in stages:
         target = Target(name=name, layer_index=layer_index, kind=kind, weight=w, bias=bias,
-                        stats=stats, generator=module_generator(seed, f"{stage.name}:{name}", device),
+                        stats=stats,
+                        generator=module_generator(ctx.seed, f"{stage.name}:{name}", device),
                         dtype=dtype, plan=stage.plan.get(name, {}))
         result = stage.method.run(target, stage.cfg, previous)
         previous = result.module
@@ -68,22 +71,32 @@ def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
                                  f"nothing was written (rerun with --debug and report it)")
     werr = weight_error(w, w_hat)
     oerr = None if stats.gram is None else relative_output_error(w - w_hat, w, stats.gram)
+    n_before = w.numel() + (0 if bias is None else bias.numel())
     record = ModuleRecord(
         name=name, layer=layer_index, kind=kind, shape=tuple(w.shape),
-        methods=[s.name for s in stages],
-        params_before=w.numel() + (0 if bias is None else bias.numel()),
+        methods=[s.name for s in stages], params_before=n_before,
         params_after=module.stored_numel(),
-        bytes_before=(w.numel() + (0 if bias is None else bias.numel())) * linear.weight.element_size(),
+        bytes_before=n_before * linear.weight.element_size(),
         bytes_after=module.stored_bytes(), weight_rel_err=werr, output_rel_err=oerr,
         seconds=time.perf_counter() - t0, info=info)
     record.info["bits_per_weight"] = round(bits_per_weight(module), 4)
     return module, record
 
 
-def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, module)
+@dataclass
+class CompressJob:
+    """What the compress pass applies, to which linears of each layer."""
+
+    layers_path: str
+    stages: list[Stage]
+    needs: frozenset[str]
+    targets_of: Callable[[nn.Module], dict[str, nn.Module]]
+    kind_of: Callable[[str], str]
+    grad_stats: dict[str, dict[str, torch.Tensor]] | None = None
+
+    @property
+    def true_sequential(self) -> bool:
+        return any(s.method.true_sequential(s.cfg) for s in self.stages)
 
 
 @dataclass
@@ -92,96 +105,45 @@ class SequentialResult:
     stage_seconds: dict[str, float]
 
 
-def sequential_compress(
-    model: nn.Module,
-    layers_path: str,
-    layers: nn.ModuleList,
-    targets_of: Callable[[nn.Module], dict[str, nn.Module]],
-    kind_of: Callable[[str], str],
-    windows: torch.Tensor,
-    stages: list[Stage],
-    needs: frozenset[str],
-    device: torch.device,
-    seed: int,
-    grad_stats: dict[str, dict[str, torch.Tensor]] | None = None,
-    progress: ProgressSink | None = None,
-    resume: Any | None = None,
-    storage_dtype: torch.dtype | None = None,
-    dist: Any | None = None,
-    layer_io: Any | None = None,
-) -> SequentialResult:
+def compress_pass(model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor | None,
+                  job: CompressJob, ctx: PassContext, source: LayerSource) -> SequentialResult:
     """Compress every target linear of every decoder layer in place; return report rows.
 
-    ``resume``, when given, is a LayerCheckpoints: layers it holds are loaded instead of
-    recomputed (and only propagated); each newly finished layer is saved to it.
-    ``dist`` (core.distributed.Distributed), when active: ``windows`` is this rank's shard,
-    statistics are summed over ranks, each rank compresses its share of each layer's targets
-    and receives the others' (only rank 0 is given ``resume``).
-    ``layer_io`` (core.streaming.LayerStream), when given, reads layer i's weights just before
-    it is processed (``load(i, layer)``) and writes and frees it after (``release(i, layer)``).
+    ``ctx.resume`` (rank 0's LayerCheckpoints), when given: a layer it holds is loaded instead
+    of recomputed (and only propagated); each newly finished layer is saved to it. With
+    ranks, ``windows`` is this rank's shard, statistics are summed over ranks, each rank
+    compresses its share of each layer's targets and receives the others'. ``windows`` None:
+    a data-free run (no statistics, no output errors, nothing propagated).
     """
-    progress = progress or NullProgress()
-    times = {"capture": 0.0, "calibrate": 0.0, "compress": 0.0, "propagate": 0.0}
-    want_absmean = "act_absmean" in needs
-    model_was_training = model.training
-    model.eval()
-    move_all_but_layers(model, layers_path, device)
-    t = time.perf_counter()
-    hidden, layer_kwargs = capture_inputs(model, layers, windows, device)
-    times["capture"] = time.perf_counter() - t
+    for k in ("calibrate", "compress"):
+        ctx.times.setdefault(k, 0.0)
     records: list[ModuleRecord] = []
-    n_layers = len(layers)
-    progress.start("layers", n_layers, "layer")
-    for i, layer in enumerate(layers):
-        if layer_io is not None:  # --- streaming: materialize layer i from the shards
-            layer_io.load(i, layer)
-        layer.to(device)
-        kw = layer_kwargs[i]
-        targets = targets_of(layer)
-        prefix = f"{layers_path}.{i}."
-        done = (resume.load_layer(i, layer, device, storage_dtype or next(layer.parameters()).dtype)
-                if resume is not None else None)
-        if dist is not None and dist.active:  # --- distributed: rank 0's resume decision
-            dist.fault_point(i)
-            done = dist.share_resumed(layer, list(targets), done, device, f"layer {i}")
-        note = f"layer {i + 1}/{n_layers}"
+    dist = ctx.dist
+
+    def visit(i, layer, hidden, kw, say):
+        targets = job.targets_of(layer)
+        done = (ctx.resume.load_layer(i, layer, ctx.device, ctx.storage_dtype)
+                if ctx.resume is not None else None)
+        dist.fault_point(i)
+        if dist.active:   # --- distributed: rank 0's resume decision
+            done = dist.share_resumed(layer, list(targets), done, ctx.device, f"layer {i}")
         if done is not None:
             records.extend(done)
-            progress.advance("layers", 0, f"{note} resumed")
-        else:
-            layer_records = compress_layer(
-                i, layer, targets, prefix, hidden, kw, stages, device, seed, want_absmean,
-                grad_stats, storage_dtype, dist, kind_of, times, lambda what: progress.advance(
-                    "layers", 0, f"{note} {what}"))
-            if resume is not None:
-                resume.save_layer(i, layer, layer_records, list(targets))
-            records.extend(layer_records)
-        progress.advance("layers", 0, f"{note} propagate")
-        t = time.perf_counter()
-        propagate(layer, hidden, kw, device)
-        times["propagate"] += time.perf_counter() - t
-        layer.to("cpu")
-        if layer_io is not None:  # --- streaming: write layer i, free it
-            layer_io.release(i, layer)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        progress.advance("layers", 1, note)
-    progress.finish("layers")
-    if layer_io is None:
-        model.to("cpu")
-    else:
-        move_all_but_layers(model, layers_path, "cpu")
-    model.train(model_was_training)
-    return SequentialResult(records=records, stage_seconds=times)
+            say("resumed")
+            return
+        rows = compress_layer(i, layer, targets, hidden, kw, job, ctx, say)
+        if ctx.resume is not None:
+            ctx.resume.save_layer(i, layer, f"{job.layers_path}.{i}.", rows, list(targets))
+        records.extend(rows)
+
+    walk_layers(model, job.layers_path, layers, windows, ctx, source, visit)
+    return SequentialResult(records=records, stage_seconds=dict(ctx.times))
 
 
-def compress_layer(i: int, layer: nn.Module, targets: dict[str, nn.Module], prefix: str,
-                   hidden: list[torch.Tensor], kw: dict[str, Any], stages: list[Stage],
-                   device: torch.device, seed: int, want_absmean: bool,
-                   grad_stats: dict[str, dict[str, torch.Tensor]] | None,
-                   storage_dtype: torch.dtype | None, dist: Any | None,
-                   kind_of: Callable[[str], str], times: dict[str, float],
-                   say: Callable[[str], None]) -> list[ModuleRecord]:
+def compress_layer(i: int, layer: nn.Module, targets: dict[str, nn.Module],
+                   hidden: list[torch.Tensor] | None, kw: dict[str, Any] | None,
+                   job: CompressJob, ctx: PassContext, say: Callable[[str], None]
+                   ) -> list[ModuleRecord]:
     """Calibrate layer i's targets, then compress each (this rank's share, with ranks) in
     place; returns the report rows in target order.
 
@@ -190,58 +152,61 @@ def compress_layer(i: int, layer: nn.Module, targets: dict[str, nn.Module], pref
     gate/up, down on Llama), and each group after the first is recalibrated on the outputs
     of the groups already compressed, so o_proj's statistics come from the quantized q/k/v.
     """
-    say("calibrate")
-    t = time.perf_counter()
-    layer_stats, groups = calibrate_groups(layer, targets, hidden, kw, device, want_absmean,
-                                           dist=dist, what=f"layer {i}")
-    times["calibrate"] += time.perf_counter() - t
-    if not any(s.method.true_sequential(s.cfg) for s in stages):
+    want_absmean = "act_absmean" in job.needs
+    if hidden is None:   # data-free: no statistics at all
+        layer_stats = {rel: LinearStats() for rel in targets}
+        groups = [list(targets)]
+    else:
+        say("calibrate")
+        t = time.perf_counter()
+        layer_stats, groups = calibrate_groups(layer, targets, hidden, kw, ctx, want_absmean,
+                                               what=f"layer {i}")
+        ctx.add_time("calibrate", time.perf_counter() - t)
+    if not job.true_sequential:
         groups = [list(targets)]
     rows: dict[str, ModuleRecord] = {}
     for g, group in enumerate(groups):
         if g > 0:
             say(f"calibrate {group[0]} (true-sequential)")
             t = time.perf_counter()
-            layer_stats.update(calibrate_layer(
-                layer, {rel: targets[rel] for rel in group}, hidden, kw, device, want_absmean,
-                dist=dist, what=f"layer {i}", stop_after=group[-1]))
-            times["calibrate"] += time.perf_counter() - t
+            layer_stats.update(calibrate_groups(
+                layer, {rel: targets[rel] for rel in group}, hidden, kw, ctx, want_absmean,
+                what=f"layer {i}", stop_after=group[-1])[0])
+            ctx.add_time("calibrate", time.perf_counter() - t)
         say("compress")
         t = time.perf_counter()
-        rows.update(_compress_group(i, layer, targets, group, prefix, layer_stats, stages,
-                                    device, seed, grad_stats, storage_dtype, dist, kind_of))
-        times["compress"] += time.perf_counter() - t
+        rows.update(_compress_group(i, layer, targets, group, layer_stats, job, ctx))
+        ctx.add_time("compress", time.perf_counter() - t)
     return [rows[rel] for rel in targets]
 
 
 def _compress_group(i: int, layer: nn.Module, targets: dict[str, nn.Module], group: list[str],
-                    prefix: str, layer_stats: dict[str, LinearStats], stages: list[Stage],
-                    device: torch.device, seed: int,
-                    grad_stats: dict[str, dict[str, torch.Tensor]] | None,
-                    storage_dtype: torch.dtype | None, dist: Any | None,
-                    kind_of: Callable[[str], str]) -> dict[str, ModuleRecord]:
+                    layer_stats: dict[str, LinearStats], job: CompressJob, ctx: PassContext
+                    ) -> dict[str, ModuleRecord]:
     """Compress the ``group`` of ``targets`` (this rank's share, with ranks) and install them
     in ``layer``; with ranks, receive the others' share. Returns rel -> report row.
 
     Each compressed module also replaces its dense linear in ``targets`` (the caller's dict),
     so the dense weight is freed as soon as it is compressed, not at the end of the layer."""
     rows: dict[str, ModuleRecord] = {}
-    owner = (dist.assign({rel: targets[rel] for rel in group})
-             if dist is not None and dist.active else None)
-    with _guard(dist, f"the compression of layer {i}"):
+    dist = ctx.dist
+    owner = dist.assign({rel: targets[rel] for rel in group}) if dist.active else None
+    prefix = f"{job.layers_path}.{i}."
+    with dist.guard(f"the compression of layer {i}"):
         for rel in group:
             if owner is not None and owner[rel] != dist.rank:
                 continue  # another rank's share
             full = prefix + rel
-            stats = with_gradients(layer_stats.pop(rel), (grad_stats or {}).get(full), device)
-            module, rec = compress_linear(full, i, kind_of(rel), targets[rel], stats, stages,
-                                          device, seed, storage_dtype)
+            stats = with_gradients(layer_stats.pop(rel), (job.grad_stats or {}).get(full),
+                                   ctx.device)
+            module, rec = compress_linear(full, i, job.kind_of(rel), targets[rel], stats,
+                                          job.stages, ctx)
             set_submodule(layer, rel, module)
             targets[rel] = module
             rows[rel] = rec
             _log_numerics(rec)
     if owner is not None:  # --- distributed: every rank gets every module
-        rows = dist.share_modules(layer, owner, rows, device, f"layer {i}")
+        rows = dist.share_modules(layer, owner, rows, ctx.device, f"layer {i}")
     return rows
 
 
@@ -250,15 +215,14 @@ class _GroupDone(Exception):
 
 
 def calibrate_groups(layer: nn.Module, targets: dict[str, nn.Module],
-                     hidden: list[torch.Tensor], kwargs: dict[str, Any],
-                     device: torch.device, want_absmean: bool, dist: Any | None = None,
-                     what: str = "a layer", stop_after: str | None = None
+                     hidden: list[torch.Tensor], kwargs: dict[str, Any], ctx: PassContext,
+                     want_absmean: bool, what: str = "a layer", stop_after: str | None = None
                      ) -> tuple[dict[str, LinearStats], list[list[str]]]:
     """Input statistics of every target linear of one layer over the calibration inputs,
     and the targets grouped by shared input in execution order.
 
     The Gram is always collected: the report's output error on calibration inputs needs it.
-    With an active ``dist``, the sums are reduced over ranks before they become statistics.
+    With ranks, the sums are reduced over ranks before they become statistics.
     ``stop_after``: end each forward once that target has been fed (its hooks have run).
     """
     with LayerStatsCollector(targets, True, want_absmean) as collector, materialized(layer):
@@ -271,30 +235,14 @@ def calibrate_groups(layer: nn.Module, targets: dict[str, nn.Module],
             for x in hidden:
                 collector.new_call()
                 try:
-                    run_layer(layer, x.to(device), kwargs)
+                    run_layer(layer, x.to(ctx.device), kwargs)
                 except _GroupDone:
                     pass
         finally:
             if stop is not None:
                 stop.remove()
-    if dist is not None:
-        dist.reduce_accumulators(collector.accumulators(), what)
+    ctx.dist.reduce_accumulators(collector.accumulators(), what)
     return collector.stats(), collector.groups(list(targets))
-
-
-def calibrate_layer(layer: nn.Module, targets: dict[str, nn.Module], hidden: list[torch.Tensor],
-                    kwargs: dict[str, Any], device: torch.device,
-                    want_absmean: bool, dist: Any | None = None,
-                    what: str = "a layer", stop_after: str | None = None) -> dict[str, LinearStats]:
-    """The statistics of :func:`calibrate_groups` alone."""
-    return calibrate_groups(layer, targets, hidden, kwargs, device, want_absmean, dist, what,
-                            stop_after)[0]
-
-
-def _guard(dist: Any | None, what: str):
-    """A failure on one rank stops every rank (no-op without distribution)."""
-    import contextlib
-    return dist.guard(what) if dist is not None else contextlib.nullcontext()
 
 
 def with_gradients(stats: LinearStats, grads: dict[str, torch.Tensor] | None,

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compressor.atomic import atomic_write_text
-from compressor.core.pipeline import set_submodule
+from compressor.core.layer_io import set_submodule
 from compressor.core.types import ModuleRecord
 from compressor.errors import UserError
 from compressor.parts import CompressedLinear
@@ -45,9 +45,10 @@ def resume_dir_for(output: Path) -> Path:
 
 
 class LayerCheckpoints:
-    def __init__(self, folder: Path, fp: str, resume: bool):
+    def __init__(self, folder: Path, fp: str, resume: bool, storage_dtype: torch.dtype):
         self.folder = folder
         self.fp = fp
+        self.storage_dtype = storage_dtype
         self.resumed_layers = 0
         marker = folder / FINGERPRINT
         if folder.exists() and resume:
@@ -71,20 +72,31 @@ class LayerCheckpoints:
     def _paths(self, i: int) -> tuple[Path, Path]:
         return self.folder / f"layer_{i:04d}.safetensors", self.folder / f"layer_{i:04d}.json"
 
-    def save_layer(self, i: int, layer: nn.Module, records: list[ModuleRecord], rels: list[str]) -> None:
+    def save_layer(self, i: int, layer: nn.Module, prefix: str, records: list[ModuleRecord],
+                   rels: list[str]) -> None:
+        """Layer i as it will be written: every tensor of the layer under its full name
+        (``prefix`` + key; tensors outside the compressed linears in ``self.storage_dtype``),
+        then its specs and report rows. A streamed run's writer takes these files as the
+        output's layer shards (core/stream_writer.py)."""
         tpath, jpath = self._paths(i)
-        tensors, specs = {}, {}
+        specs = {}
         for rel in rels:
             mod = layer.get_submodule(rel)
             assert isinstance(mod, CompressedLinear)
             specs[rel] = mod.spec()
-            for k, v in mod.state_dict().items():
-                tensors[f"{rel}.{k}"] = v.detach().to("cpu").contiguous()
+        tensors = layer_tensors(layer, prefix, self.storage_dtype)
         tmp = tpath.with_name(tpath.name + ".tmp")
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, tpath)
-        atomic_write_text(jpath, json.dumps({"fingerprint": self.fp, "specs": specs,
+        atomic_write_text(jpath, json.dumps({"fingerprint": self.fp, "prefix": prefix,
+                                             "specs": specs,
                                              "records": [r.to_dict() for r in records]}))
+
+    def layer_file(self, i: int) -> Path:
+        return self._paths(i)[0]
+
+    def layer_meta(self, i: int) -> dict[str, Any]:
+        return _read_json(self._paths(i)[1])
 
     def load_layer(self, i: int, layer: nn.Module, device: torch.device,
                    dtype: torch.dtype) -> list[ModuleRecord] | None:
@@ -104,10 +116,12 @@ class LayerCheckpoints:
         except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: all mean a bad file
             raise _corrupt(tpath, f"{type(e).__name__}: {e}") from None
         try:
+            prefix = meta["prefix"]
             for rel, spec in meta["specs"].items():
                 mod = CompressedLinear.from_spec(spec, dtype)
-                mod.load_state_dict({k[len(rel) + 1:]: v for k, v in tensors.items()
-                                     if k.startswith(rel + ".")}, strict=True)
+                head = prefix + rel + "."
+                mod.load_state_dict({k[len(head):]: v for k, v in tensors.items()
+                                     if k.startswith(head)}, strict=True)
                 set_submodule(layer, rel, mod.to(device))
             out = []
             for r in meta["records"]:
@@ -120,6 +134,20 @@ class LayerCheckpoints:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def layer_tensors(layer: nn.Module, prefix: str, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A layer's state dict as written: full names; the compressed linears' parts in their own
+    dtypes, every other floating tensor (norms, uncompressed linears) in ``storage_dtype``."""
+    inside = tuple(rel + "." for rel, mod in layer.named_modules()
+                   if isinstance(mod, CompressedLinear))
+    out = {}
+    for k, t in layer.state_dict().items():
+        t = t.detach().to("cpu")
+        if t.is_floating_point() and not k.startswith(inside):
+            t = t.to(storage_dtype)
+        out[prefix + k] = t.contiguous()
+    return out
 
 
 def _corrupt(path: Path, why: str) -> UserError:
@@ -136,3 +164,4 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _corrupt(path, "not a JSON mapping")
     return data
+

@@ -34,6 +34,16 @@ class ShardReader:
             with safe_open(str(single), framework="pt") as f:
                 self.where = {k: "model.safetensors" for k in f.keys()}
 
+    @classmethod
+    def of_files(cls, folder: Path, files: list[str]) -> "ShardReader":
+        """A reader over these safetensors files of ``folder`` (no index needed)."""
+        self = cls.__new__(cls)
+        self.folder, self.where = Path(folder), {}
+        for name in files:
+            with safe_open(str(self.folder / name), framework="pt") as f:
+                self.where.update({k: name for k in f.keys()})
+        return self
+
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Each tensor copied into its own memory, the shard opened (mapped) for that tensor
         alone: the mapped pages of the tensors read before are not resident beside the copy."""

@@ -49,9 +49,12 @@ class HealJob:
     @classmethod
     def prepare(cls, cfg: HealConfig, model: nn.Module, tokenizer, calib: torch.Tensor,
                 dataset: str, seed: int, device: torch.device, resume_folder: Path,
-                resume: bool, progress: ProgressSink | None = None) -> "HealJob":
+                resume: bool, progress: ProgressSink | None = None,
+                dense_forward=None) -> "HealJob":
         """Training windows (never the evaluation split) and, for ``loss: kl``, the teacher's
-        top-k cache computed on ``model`` as it is now (uncompressed)."""
+        top-k cache computed on ``model`` as it is now (uncompressed). ``dense_forward``
+        (windows -> context manager), when given, is how the model produces those logits
+        (a streamed run's replayed forward); else the model runs on ``device`` as it is."""
         progress = progress or NullProgress()
         seqlen = cfg.seqlen or int(calib.shape[1])
         if cfg.windows == "disjoint":
@@ -65,7 +68,7 @@ class HealJob:
         if cfg.loss == "kl":
             t0 = time.perf_counter()
             teacher, loaded = _teacher(cfg, model, windows, device, state_dir(resume_folder),
-                                       resume, progress)
+                                       resume, progress, dense_forward)
             info["teacher"] = {"cache": f"top-{cfg.top_k} log-probs + tail bucket",
                                "bytes": teacher.nbytes, "loaded_from_resume": loaded,
                                "seconds": round(time.perf_counter() - t0, 3)}
@@ -91,7 +94,8 @@ def _windows_digest(windows: torch.Tensor) -> str:
 
 
 def _teacher(cfg: HealConfig, model: nn.Module, windows: torch.Tensor, device: torch.device,
-             folder: Path, resume: bool, progress: ProgressSink) -> tuple[TeacherCache, bool]:
+             folder: Path, resume: bool, progress: ProgressSink,
+             dense_forward=None) -> tuple[TeacherCache, bool]:
     """The teacher cache: from the resume folder when it matches these windows, else computed
     (one forward per window) and saved there for a later --resume."""
     path = folder / TEACHER_FILE
@@ -105,7 +109,7 @@ def _teacher(cfg: HealConfig, model: nn.Module, windows: torch.Tensor, device: t
             return TeacherCache(t["logp"], t["index"], t["tail"]), True
     n = windows.shape[0]
     progress.start("heal teacher", n, "window")
-    with _on_device(model, device):
+    with (_on_device(model, device) if dense_forward is None else dense_forward(windows)):
         cache = teacher_topk(model, windows, cfg.top_k, device,
                              progress=lambda i, _n: progress.advance("heal teacher", 1, f"{i}/{_n}"))
     progress.finish("heal teacher")

@@ -102,6 +102,10 @@ class Recipe(_Strict):
     targets: Targets = Field(default_factory=Targets)
     stages: list[StageConfig] = Field(..., min_length=1)
     output: str | None = None
+    output_errors: bool | None = Field(None, description=(
+        "measure each module's output error on calibration inputs for the report (default: "
+        "whenever calibration runs anyway; a data-free run such as RTN or SVD then reads, "
+        "compresses and writes without any forward pass)"))
     eval: Evaluation | None = None
     expect: dict[str, Expectation] = Field(default_factory=dict)
 

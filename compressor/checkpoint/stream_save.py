@@ -1,0 +1,112 @@
+"""The writer of a streamed run: the output as one safetensors shard per decoder layer plus one
+for everything outside the layers, with an index (a normal sharded Hugging Face folder).
+
+The layer shards are the run's resume checkpoints (core/resume.py writes each finished layer
+in its written form), hard-linked into the output (copied across file systems), so a model
+larger than RAM is written without holding it. A layer that is resident when the output is
+written (heal reloaded and trained it) is written from memory instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from compressor.core.resume import LayerCheckpoints, layer_tensors
+from compressor.parts import CompressedLinear
+
+from .save import FORMAT, FORMAT_VERSION, INDEX
+from .verify import HASHES, weight_hashes
+
+OUTSIDE = "model-outside.safetensors"
+
+
+def layer_shard_name(i: int) -> str:
+    return f"layer-{i:05d}.safetensors"
+
+
+def _is_resident(layer: nn.Module) -> bool:
+    return not any(t.is_meta for t in layer.state_dict().values())
+
+
+def save_streamed(model: nn.Module, tokenizer: Any, folder: Path, layers_path: str,
+                  layers: nn.ModuleList, ckpt: LayerCheckpoints, dtype: torch.dtype,
+                  extra_config: dict[str, Any] | None = None) -> dict[str, int]:
+    """Write the output into ``folder`` (a temporary folder): layer shards, the outside
+    shard, the index, config.json with its compression_config, generation config, tokenizer."""
+    weight_map: dict[str, str] = {}
+    specs: dict[str, Any] = {}
+    for i, layer in enumerate(layers):
+        name, prefix = layer_shard_name(i), f"{layers_path}.{i}."
+        if _is_resident(layer):
+            save_file(layer_tensors(layer, prefix, dtype), str(folder / name),
+                      metadata={"format": "pt"})
+            specs.update({prefix + rel: m.spec() for rel, m in layer.named_modules()
+                          if isinstance(m, CompressedLinear)})
+        else:
+            _link_or_copy(ckpt.layer_file(i), folder / name)
+            meta = ckpt.layer_meta(i)
+            specs.update({meta["prefix"] + rel: s for rel, s in meta["specs"].items()})
+        with safe_open(str(folder / name), framework="pt") as f:
+            weight_map.update({k: name for k in f.keys()})
+    rest, aliases = _outside_tensors(model, layers_path, dtype)
+    save_file(rest, str(folder / OUTSIDE), metadata={"format": "pt"})
+    weight_map.update({k: OUTSIDE for k in rest})
+    files = sorted(set(weight_map.values()))
+    total = sum((folder / f).stat().st_size for f in files)
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
+                                            "weight_map": dict(sorted(weight_map.items()))},
+                                           indent=1))
+    cfg = model.config.to_dict()
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    cfg.pop("torch_dtype", None)
+    cfg["compression_config"] = {"format": FORMAT, "version": FORMAT_VERSION,
+                                 "dtype": str(dtype).removeprefix("torch."),
+                                 "modules": dict(sorted(specs.items())), "tied_aliases": aliases,
+                                 "streamed": True, **(extra_config or {}),
+                                 HASHES: weight_hashes(folder, files)}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        gen_cfg.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return {"files": len(files), "bytes": total}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (the checkpoint folder is the output's sibling); a copy where the file
+    system refuses links. Never follows a link in place of ``src``."""
+    if src.is_symlink():
+        raise OSError(f"{src} is a symbolic link; svdc never writes through links")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst, follow_symlinks=False)
+
+
+def _outside_tensors(model: nn.Module, layers_path: str, dtype: torch.dtype
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Everything outside the decoder layers (tied weights once, as an alias), floating
+    tensors in ``dtype``."""
+    prefix = layers_path + "."
+    rest, aliases, seen = {}, {}, {}
+    for k, t in model.state_dict().items():
+        if k.startswith(prefix):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and key in seen:
+            aliases[k] = seen[key]
+            continue
+        seen[key] = k
+        t = t.detach().to("cpu")
+        rest[k] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+    return rest, aliases
