@@ -60,7 +60,7 @@ class RunState:
     stream: bool = False
     timer: StageTimer = field(default_factory=StageTimer)
     stages: list[Stage] = field(default_factory=list)
-    post_stages: list[Stage] = field(default_factory=list)
+    post_stages: list[Any] = field(default_factory=list)   # post stages' configs (heal)
     needs: frozenset[str] = frozenset()
     model: Any = None
     tokenizer: Any = None
@@ -119,11 +119,8 @@ def setup(recipe: Recipe, output: Path, progress: ProgressSink | None,
     run = RunState(recipe=recipe, output=output, device=dist.device, dist=dist, stream=stream,
                    progress=(progress or NullProgress()) if dist.is_main else NullProgress(),
                    recipe_json=recipe_json)
-    stages, run.post_stages = split_post_stages([Stage.of(cfg) for cfg in recipe.stages])
-    run.stages, run.needs = stages, stage_needs(stages)
-    if stages[0].method.uses_previous:
-        raise UserError(f"{stages[0].name} compensates an earlier stage; put a base stage before "
-                        f"it (e.g. --base gptq, or a gptq stage first in the recipe)")
+    run.stages, run.post_stages = split_post_stages(list(recipe.stages))   # order: stage_rules
+    run.needs = stage_needs(run.stages)
     return run
 
 
@@ -238,7 +235,7 @@ def layers(run: RunState, resume: bool) -> bool:
                            "the resume check")
     if run.post_stages and dist.is_main:   # heal's windows and teacher, before compression
         with run.timer("heal_prepare"):
-            run.heal_job = HealJob.prepare(run.post_stages[0].cfg, run.model, run.tokenizer,
+            run.heal_job = HealJob.prepare(run.post_stages[0], run.model, run.tokenizer,
                                            run.windows, cal.dataset, cal.seed, run.device,
                                            run.ckpt.folder, resume, run.progress,
                                            dense_forward=_dense_forward(run))

@@ -15,9 +15,9 @@ from .app import app
 @app.command()
 def methods(name: Optional[str] = typer.Argument(None, help="show one method's options")) -> None:
     """List the compressors, or one compressor's options with their help."""
-    from compressor.core.registry import REGISTRY, get_method
+    from compressor.core.registry import method_names, stage_class
     if name:
-        cls = get_method(name)
+        cls = stage_class(name)
         console.print(f"[bold]{cls.name}[/]: {cls.summary}")
         tab = Table()
         for c in ("option", "default", "help"):
@@ -29,6 +29,6 @@ def methods(name: Optional[str] = typer.Argument(None, help="show one method's o
     tab = Table(title="svdc methods")
     tab.add_column("method")
     tab.add_column("what it does")
-    for n in sorted(REGISTRY):
-        tab.add_row(n, REGISTRY[n].summary)
+    for n in method_names():
+        tab.add_row(n, stage_class(n).summary)
     console.print(tab)

@@ -35,9 +35,6 @@ class Method:
     needs: ClassVar[frozenset[str]] = frozenset()
     # True when compress() builds on the previous stage's output (EoRA compensation).
     uses_previous: ClassVar[bool] = False
-    # True for a stage that runs once on the whole model after the sequential pass (heal);
-    # such a stage is never handed a Target, and the recipe puts it after every other stage.
-    post_stage: ClassVar[bool] = False
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: MethodConfig,
              fisher: dict[str, torch.Tensor] | None = None,

@@ -8,6 +8,6 @@ Importing this package registers the stage.
 """
 
 from compressor.heal.config import HealConfig
-from compressor.heal.method import Heal
+from compressor.heal.post_stage import Heal
 
 __all__ = ["Heal", "HealConfig"]

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compressor.core.gradients import _on_device
+from compressor.core.registry import is_post_stage
 from compressor.core.stages import Stage
 from compressor.heal.config import HealConfig
 from compressor.heal.data import (
@@ -29,10 +30,11 @@ from compressor.progress import NullProgress, ProgressSink
 TEACHER_FILE = "heal_teacher.safetensors"
 
 
-def split_post_stages(stages: list[Stage]) -> tuple[list[Stage], list[Stage]]:
-    """(per-linear stages, post stages); the recipe schema already put post stages last."""
-    post = [s for s in stages if getattr(s.method, "post_stage", False)]
-    return [s for s in stages if not getattr(s.method, "post_stage", False)], post
+def split_post_stages(cfgs: list[Any]) -> tuple[list[Stage], list[Any]]:
+    """(per-linear stages, post stages' configs); the stage rules already put post stages
+    last (core/stage_rules.py)."""
+    post = [c for c in cfgs if is_post_stage(c.method)]
+    return [Stage.of(c) for c in cfgs if not is_post_stage(c.method)], post
 
 
 def state_dir(resume_folder: Path) -> Path:

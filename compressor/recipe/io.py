@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from compressor.core.registry import get_method
+from compressor.core.registry import stage_class
 from compressor.errors import UserError
 from compressor.recipe.schema import Recipe
 
@@ -53,7 +53,7 @@ def _stage_message(err: ValidationError) -> str | None:
     if len(loc) < 3 or loc[0] != "stages" or not isinstance(loc[1], int):
         return None
     method = str(loc[2])
-    keys = [k for k in get_method(method).Config.model_fields if k != "method"]
+    keys = [k for k in stage_class(method).Config.model_fields if k != "method"]
     return f"stage {loc[1] + 1} ({method}): {explain(err, keys, loc_offset=3)}"
 
 

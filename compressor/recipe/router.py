@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from compressor.core.registry import get_method
+from compressor.core.registry import get_method, stage_class
 from compressor.errors import UserError
 
 DEFAULT_BASE = "gptq"
@@ -49,7 +49,7 @@ def route_flags(stages: list[dict[str, Any]], params: dict[str, Any], where: str
         if value is None:
             continue
         for stage in reversed(stages):
-            fields = get_method(stage.get("method", "")).Config.model_fields
+            fields = stage_class(stage.get("method", "")).Config.model_fields
             if key in fields and key != "method":
                 stage[key] = value
                 break

@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from compressor.core.registry import config_classes, get_method
+from compressor.core.registry import config_classes, stage_class
+from compressor.core.stage_rules import check_stage_order
 from compressor.data import is_random_source
 
 RECIPE_VERSION = 1
@@ -126,30 +127,11 @@ class Recipe(_Strict):
             if not isinstance(stage, dict) or "method" not in stage:
                 raise ValueError(f"stage {i + 1} must be a mapping with a 'method' key, e.g. "
                                  f"{{method: gptq, bits: 4}}")
-            get_method(stage["method"])     # UserError with "did you mean"
+            stage_class(stage["method"])     # UserError with "did you mean"
         return data
 
-    # --- post stages (heal) -----------------------------------------------------------------
     @model_validator(mode="after")
-    def _post_stages_last(self) -> "Recipe":
-        """Post stages (heal) train what the compression stages made: they come after every
-        compression stage, at least one of those first, each post method once."""
-        post = [get_method(s.method).post_stage for s in self.stages]
-        names = [s.method for s in self.stages]
-        if post[0]:
-            raise ValueError(f"stage 1 ({names[0]}) trains what a compression stage made; put a "
-                             f"compression stage before it (e.g. --method whitened-svd "
-                             f"--heal-steps 200)")
-        for i in range(1, len(post)):
-            if post[i - 1] and not post[i]:
-                raise ValueError(f"stage {i + 1} ({names[i]}) comes after the post stage "
-                                 f"{names[i - 1]}; post stages (heal) go last")
-        if any(post) and is_random_source(self.calibration.dataset):
-            raise ValueError("heal trains on windows of the calibration text, and "
-                             "calibration.dataset 'random' has none: calibrate on builtin, "
-                             "wikitext2, c4 or a text file, or drop the heal stage")
-        dup = [n for i, n in enumerate(names) if post[i] and names.index(n) != i]
-        if dup:
-            raise ValueError(f"stage {names.index(dup[0], names.index(dup[0]) + 1) + 1} "
-                             f"({dup[0]}) appears twice; a recipe has at most one")
+    def _stage_order(self) -> "Recipe":
+        check_stage_order([s.method for s in self.stages],
+                          is_random_source(self.calibration.dataset))
         return self

@@ -52,9 +52,11 @@ def check_ranks(stages_cfg: list[Any], shapes: dict[str, tuple[int, int]]) -> No
 
 def warn_few_tokens(stages_cfg: list[Any], tokens: int, widest_input: int) -> list[str]:
     """Log (and return) each stage's advice when the calibration is too small for its fit."""
-    from compressor.core.registry import get_method
+    from compressor.core.registry import get_method, is_post_stage
     lines = []
     for i, cfg in enumerate(stages_cfg):
+        if is_post_stage(cfg.method):
+            continue
         advice = get_method(cfg.method)().calibration_advice(cfg, tokens, widest_input)
         if advice:
             lines.append(f"stage {i + 1}: {advice}")

@@ -16,7 +16,6 @@ import compressor
 from cli_runner import run_cli  # noqa: E402 (tests/ is on sys.path: conftest)
 from compressor.api import compress
 from compressor.checkpoint.stream_load import streamed_layers
-from compressor.core.streaming import stream_compress
 from compressor.errors import UserError
 from compressor.evaluate import evaluate
 from compressor.models import load_model
@@ -32,7 +31,7 @@ def outputs(tiny_model_dir, tmp_path_factory):
     out = {"dense": tiny_model_dir}
     for name, stages in STAGES.items():
         out[name] = compress(parse_recipe(_recipe(tiny_model_dir, root / name, stages))).output
-    stream_compress(parse_recipe(_recipe(tiny_model_dir, root / "rtn4-streamed", STAGES["rtn4"])))
+    compress(parse_recipe(_recipe(tiny_model_dir, root / "rtn4-streamed", STAGES["rtn4"])), stream=True)
     out["rtn4-streamed"] = root / "rtn4-streamed"    # compress --stream's layout: a shard a layer
     return out
 

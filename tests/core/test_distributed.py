@@ -97,8 +97,10 @@ def test_pack_unpack_is_bit_exact_for_every_dtype():
     recipe = parse_recipe({"model": "x", "output": "y", "stages": [
         {"method": "gptq", "bits": 3, "group_size": 16}, {"method": "eora", "rank": 4}]})
     stages = [Stage.of(c) for c in recipe.stages]
-    mod, rec = compress_linear("l.0.q", 0, "q", lin, stats, stages, torch.device("cpu"), 0,
-                               torch.bfloat16)
+    from compressor.core.context import PassContext
+    ctx = PassContext(device=torch.device("cpu"), seed=0, storage_dtype=torch.bfloat16,
+                      dist=Distributed())
+    mod, rec = compress_linear("l.0.q", 0, "q", lin, stats, stages, ctx)
     layer = nn.Module()
     layer.q = mod
     meta, buf = _pack(layer, ["q"], {"q": rec.to_dict()}, torch.device("cpu"))

@@ -13,7 +13,6 @@ from compressor.core.measures import output_error, relative_output_error
 from compressor.core.method import Method, SharedInputCache, require_stat
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
-from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.qlowrank import QuantLowRankPart
@@ -42,9 +41,7 @@ class EoRA(Method):
 
     def compress(self, target: Target, cfg: EoraConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
-        if previous is None:
-            raise UserError("eora compensates an earlier compression: put a base stage first, "
-                            "e.g. `--base gptq` (or rtn, prune, svd) before the eora stage")
+        assert previous is not None, "core/stage_rules.py puts a base stage before eora"
         gram = require_stat(target, "gram")
         m, n = target.weight.shape
         check_rank(m, n, cfg.rank, target.name)
