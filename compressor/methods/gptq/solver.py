@@ -1,7 +1,8 @@
 """GPTQ's solver: column-by-column quantization with second-order error feedback (pure math).
 
 prepare_hessian damps and factors a Gram once (linears fed the same input share it);
-gptq_quantize runs the OBS updates in lazy blocks with the chosen grid.
+obs_loop is the OBS update loop in lazy blocks, with the rounding injected: gptq_quantize runs
+it with GPTQ's uniform group grids, gptq_round with any fixed grid (LQ-LoRA's NormalFloat).
 """
 
 from __future__ import annotations
@@ -153,47 +154,41 @@ def gptq_quantize(w: Tensor, gram: Tensor | None, bits: int, group_size: int = 1
         WT, gidx = WT[perm], gidx[perm]
         if has_mask:
             exclT = exclT[perm]
-    codesT = torch.empty(WT.shape, dtype=torch.uint8, device=W.device)   # integral: exact
     keptT = torch.zeros_like(WT) if has_mask else None
     lazy = grid == "block-lazy"
-    for i1 in range(0, in_f, blocksize):
-        i2 = min(i1 + blocksize, in_f)
-        W1, Hinv1 = WT[i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.empty_like(W1)
-        C1 = torch.empty_like(W1)
+    col_scale, col_zero = {}, {}
+
+    def group_start(i1: int, i2: int, i: int, W1: Tensor, Err1: Tensor) -> None:
+        """A dynamic group starts at column i1 + i: its grid from the updated weights."""
+        col = i1 + i
+        gend = min(col + gl, in_f)
+        if lazy:    # the reference reads W: earlier blocks' updates only
+            g = WT[col:gend]
+        else:       # exact: this block's pending updates applied, and past the block
+            ahead = WT[i2:gend] - Hinv[i1:col, i2:gend].t() @ Err1[:i]
+            g = torch.cat([W1[i:], ahead], 0)[:gend - col]
+        s, z = scale_zero(g.t(), bits, sym, None if excl is None else excl[:, col:gend],
+                          *mse, None if hdiag is None else hdiag[col:gend])
+        scale[:, col // gl], zero[:, col // gl] = s, z
+        col_scale["block"][i:min(gend, i2) - i1] = s
+        col_zero["block"][i:min(gend, i2) - i1] = z
+
+    def start_block(i1: int, i2: int) -> None:
         # per-column grid of this block; a dynamic group's entries are (re)written when the
         # group starts, those of a group that started in an earlier block are already set
-        S1, Z1 = scale.t()[gidx[i1:i2]], zero.t()[gidx[i1:i2]]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if not static_groups and col % gl == 0:   # a group starts: grid from updated weights
-                gend = min(col + gl, in_f)
-                if lazy:    # the reference reads W: earlier blocks' updates only
-                    g = WT[col:gend]
-                else:       # exact: this block's pending updates applied, and past the block
-                    ahead = WT[i2:gend] - Hinv[i1:col, i2:gend].t() @ Err1[:i]
-                    g = torch.cat([W1[i:], ahead], 0)[:gend - col]
-                s, z = scale_zero(g.t(), bits, sym, None if excl is None else excl[:, col:gend],
-                                  *mse, None if hdiag is None else hdiag[col:gend])
-                scale[:, col // gl], zero[:, col // gl] = s, z
-                j = min(gend, i2) - i1
-                S1[i:j], Z1[i:j] = s, z
-            x, s, z = W1[i], S1[i], Z1[i]
-            c = torch.round(x / s).add_(z).clamp_(0, maxq)
-            if has_mask:
-                m = exclT[col]
-                c = torch.where(m, z, c)
-                qx = torch.where(m, x, (c - z) * s)             # masked: kept exactly
-                keptT[col] = torch.where(m, x, torch.zeros_like(x))
-            else:
-                qx = (c - z).mul_(s)
-            C1[i] = c
-            e = (x - qx).div_(Hinv1[i, i])
-            Err1[i] = e
-            W1[i:].addr_(Hinv1[i, i:], e, alpha=-1)
-        codesT[i1:i2] = C1
-        if i2 < in_f:
-            WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
+        col_scale["block"], col_zero["block"] = scale.t()[gidx[i1:i2]], zero.t()[gidx[i1:i2]]
+
+    def round_column(col: int, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        s, z = col_scale["block"][i], col_zero["block"][i]
+        c = torch.round(x / s).add_(z).clamp_(0, maxq)
+        if not has_mask:
+            return c, (c - z).mul_(s)
+        m = exclT[col]
+        keptT[col] = torch.where(m, x, torch.zeros_like(x))
+        return torch.where(m, z, c), torch.where(m, x, (c - z) * s)   # masked: kept exactly
+
+    codesT = obs_loop(WT, Hinv, blocksize, round_column, start_block,
+                      None if static_groups else (gl, group_start))
     if perm is not None:
         inv = torch.argsort(perm)
         codesT = codesT[inv]
@@ -224,19 +219,46 @@ def gptq_round(w: Tensor, hessian: GPTQHessian,
     order = (torch.arange(in_f, device=W.device) if hessian.perm is None
              else hessian.perm.to(W.device))
     WT = W.t()[order].contiguous()
-    codesT = torch.empty(WT.shape, dtype=torch.uint8, device=W.device)
     cols = order.tolist()
+    codesT = obs_loop(WT, Hinv, blocksize, lambda pos, i, x: round_column(cols[pos], x))
+    return codesT[torch.argsort(order)].t().contiguous()
+
+
+def obs_loop(WT: Tensor, Hinv: Tensor, blocksize: int,
+             round_column: Callable[[int, int, Tensor], tuple[Tensor, Tensor]],
+             start_block: Callable[[int, int], None] | None = None,
+             groups: tuple[int, Callable[..., None]] | None = None) -> Tensor:
+    """GPTQ's optimal-brain-surgeon loop, the one both quantizers run: columns of W (rows of
+    ``WT``, (in, out), already in processing order, updated in place) are rounded one by one
+    and each column's error is pushed onto the later ones through the upper Cholesky factor
+    ``Hinv`` of the inverse Hessian, in lazy blocks of ``blocksize`` columns. Returns the uint8
+    codes (in, out), in processing order.
+
+    The rounding is injected: ``round_column(pos, i, x)`` rounds column ``pos`` (= block start
+    + i) of the updated weights and returns (codes, their values); ``start_block(i1, i2)``
+    runs before each block; ``groups`` = (group length, hook): the hook(i1, i2, i, W1, Err1)
+    runs where a group starts, with the block's pending state (GPTQ's dynamic grids).
+    """
+    in_f = WT.shape[0]
+    codesT = torch.empty(WT.shape, dtype=torch.uint8, device=WT.device)   # integral: exact
+    gl, group_start = groups if groups is not None else (0, None)
     for i1 in range(0, in_f, blocksize):
         i2 = min(i1 + blocksize, in_f)
         W1, Hinv1 = WT[i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.empty_like(W1)
+        C1 = torch.empty_like(W1)
+        if start_block is not None:
+            start_block(i1, i2)
         for i in range(i2 - i1):
+            if group_start is not None and (i1 + i) % gl == 0:
+                group_start(i1, i2, i, W1, Err1)
             x = W1[i]
-            c, qx = round_column(cols[i1 + i], x)
-            codesT[i1 + i] = c
+            c, qx = round_column(i1 + i, i, x)
+            C1[i] = c
             e = (x - qx).div_(Hinv1[i, i])
             Err1[i] = e
             W1[i:].addr_(Hinv1[i, i:], e, alpha=-1)
+        codesT[i1:i2] = C1
         if i2 < in_f:
             WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
-    return codesT[torch.argsort(order)].t().contiguous()
+    return codesT
