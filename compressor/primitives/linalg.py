@@ -82,7 +82,24 @@ def _svd64(w: torch.Tensor, rank: int, generator: torch.Generator | None = None,
         u = q @ ub
     else:
         raise ValueError(f"unknown SVD method {method!r}: use 'full' or 'randomized'.")
-    return u[:, :rank], s[:rank], vh[:rank]
+    return sign_convention(u[:, :rank], s[:rank], vh[:rank])
+
+
+def sign_convention(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD factors with each singular pair's sign fixed: the largest-magnitude entry of every
+    left vector is positive. An SVD is unique only up to these signs, and LAPACK's choice
+    moves with the last bits of the input (another summation order of the Gram, another
+    rank count); fixed signs make factors agree in value, not only in the product. Exact:
+    the product U·diag(S)·Vh is unchanged bit for bit (negation is exact)."""
+    idx = u.abs().argmax(dim=0, keepdim=True)
+    flip = torch.where(torch.gather(u, 0, idx) < 0, -1.0, 1.0).to(u.dtype)
+    return u * flip, s, vh * flip.mT
+
+
+def full_svd64(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD of ``w`` in float64, with the sign convention above."""
+    return sign_convention(*torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False))
 
 
 def truncated_svd(w: torch.Tensor, rank: int, generator: torch.Generator | None = None,

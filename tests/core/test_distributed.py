@@ -34,6 +34,9 @@ METHODS = {
     "whitened-svd": [{"method": "whitened-svd", "ratio": 0.3}],
     "gptq": [{"method": "gptq", "bits": 4, "group_size": 32}],
     "fwsvd": [{"method": "fwsvd", "ratio": 0.3}],
+    # a sign convention for SVD factors (primitives/linalg.sign_convention) makes the factors
+    # agree in value across world sizes, not only in the error they leave
+    "lost": [{"method": "lost", "ratio": 0.3}],
 }
 
 
@@ -266,3 +269,24 @@ def test_backend_follows_the_device(monkeypatch, device, backend):
         assert got.comm_device == torch.device("cuda", 1)
     else:
         assert got.comm_device == torch.device("cpu")
+
+
+def test_stream_with_two_ranks_writes_what_one_process_writes(tiny_model_dir, tmp_path, runs):
+    """--stream --nproc 2: the ranks divide the work as in memory, rank 0 writes, and the
+    launcher's last line and exit code match what is on disk."""
+    out = tmp_path / "fw"
+    args = ["compress", str(tiny_model_dir), "--method", "fwsvd", "--ratio", "0.3",
+            "--calib", "builtin", "--nsamples", "4", "--seqlen", "64", "--seed", "0",
+            "--eval", "builtin", "--eval-windows", "4", "-o", str(out), "--nproc", "2",
+            "--stream"]
+    res = _cli(args, COLUMNS="400")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1] == f"wrote {out}/ (report.md, report.json, recipe.yaml)"
+    for f in ("report.md", "report.json", "recipe.yaml", "config.json"):
+        assert (out / f).is_file(), f
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["streamed"] is True and rep["distributed"]["world_size"] == 2
+    assert rep["gradients"]["streamed"] is True and rep["gradients"]["nsamples_per_rank"] == 2
+    one, _ = runs["fwsvd"]
+    _compare(one, out, "fwsvd")
+    assert not (tmp_path / ".fw.resume").exists() and not (tmp_path / ".fw.lock").exists()

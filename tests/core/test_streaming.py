@@ -28,7 +28,7 @@ def _data(model_dir, out, stages, **kw):
 _CHILD = r"""
 import json, sys
 import torch, transformers, compressor.api, compressor.phases  # imports before the baseline
-
+from compressor.recipe import parse_recipe
 from compressor.api import compress
 
 def hwm():

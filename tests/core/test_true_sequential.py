@@ -56,10 +56,14 @@ def _run(layer0, true_sequential: bool):
     spy = _SpyGPTQ()
     stage = Stage(method=spy, cfg=GPTQConfig(bits=2, group_size=32, true_sequential=true_sequential))
     targets = target_linears(layer)
-    times = {"calibrate": 0.0, "compress": 0.0}
-    rows = compress_layer(0, layer, targets, "model.layers.0.", hidden, kw, [stage],
-                          torch.device("cpu"), 0, False, None, None, None, linear_kind,
-                          times, lambda _: None)
+    from compressor.core.context import PassContext
+    from compressor.core.distributed import Distributed
+    from compressor.core.pipeline import CompressJob
+    job = CompressJob(layers_path="model.layers", stages=[stage], needs=frozenset({"gram"}),
+                      targets_of=target_linears, kind_of=linear_kind)
+    ctx = PassContext(device=torch.device("cpu"), seed=0, storage_dtype=torch.float32,
+                      dist=Distributed())
+    rows = compress_layer(0, layer, targets, hidden, kw, job, ctx, lambda _: None)
     assert [r.name for r in rows] == [f"model.layers.0.{rel}" for rel in targets]
     return layer, spy.grams
 

@@ -42,7 +42,7 @@ def lost_data_free(w: torch.Tensor, r: int, c: int, iters: int = 2,
     ``svd``: a full SVD (U, S, Vh) of W to start from (shared by several splits)."""
     w64 = w.detach().to(torch.float64)
     m, n = w64.shape
-    u, s, vh = svd if svd is not None else torch.linalg.svd(w64, full_matrices=False)
+    u, s, vh = svd if svd is not None else linalg.full_svd64(w64)
     B, A = u[:, :r] * s[:r].sqrt(), s[:r].sqrt()[:, None] * vh[:r]
     resid = w64 - B @ A
     if c == 0:
@@ -148,7 +148,7 @@ def lost_split(w: torch.Tensor, sizes: list[tuple[int, int]], L: torch.Tensor | 
         return (A / s, B, chosen, cols / s[chosen]), info
     svd = g = None
     if L is None:
-        svd = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
+        svd = linalg.full_svd64(w)
     else:
         L = L.to(device=w.device, dtype=torch.float64)
         g = L @ L.mT
