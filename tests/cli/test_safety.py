@@ -187,7 +187,7 @@ def test_interrupt_offers_resume_only_when_layers_were_checkpointed(world, run, 
         raise KeyboardInterrupt
     with monkeypatch.context() as m:
         m.setattr(data, "calibration_windows", stop)
-        r = run(compress_args(world, "-o", out))
+        r = run(compress_args(world, "-o", out, method="gptq"))   # rtn alone reads no text
     assert r.code == 130
     assert r.first_line == "interrupted: no output folder was written"
     with monkeypatch.context() as m:
@@ -407,7 +407,7 @@ def test_wrong_typed_config_field(world, run):
 def test_huge_nsamples_is_refused_before_calibrating(world, run, monkeypatch):
     import compressor.data as data
     monkeypatch.setattr(data, "calibration_windows", lambda *a, **k: pytest.fail("calibrated"))
-    r = run(["compress", world.model, "--method", "rtn", "--nsamples", "100000000", "--seqlen", "32",
+    r = run(["compress", world.model, "--method", "gptq", "--nsamples", "100000000", "--seqlen", "32",
              "-o", world.root / "out"])
     assert r.code == 2
     assert r.first_line.startswith("error: --nsamples 100000000 x --seqlen 32 needs about ")

@@ -281,7 +281,8 @@ def test_stream_with_two_ranks_writes_what_one_process_writes(tiny_model_dir, tm
             "--stream"]
     res = _cli(args, COLUMNS="400")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.strip().splitlines()[-1] == f"wrote {out}/ (report.md, report.json, recipe.yaml)"
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert lines[-1] == f"wrote {out}/ (report.md, report.json, recipe.yaml)", lines[-3:]
     for f in ("report.md", "report.json", "recipe.yaml", "config.json"):
         assert (out / f).is_file(), f
     rep = json.loads((out / "report.json").read_text())
