@@ -110,18 +110,26 @@ def save_compressed(model: nn.Module, tokenizer: Any, folder: Path,
     ``dtype``: the storage dtype of the uncompressed tensors (default: the model's)."""
     dtype = dtype or next(model.parameters()).dtype
     tensors, aliases = _unique_state(model, dtype)
-    cfg = model.config.to_dict()
-    cfg["dtype"] = str(dtype).removeprefix("torch.")
-    cfg.pop("torch_dtype", None)
     # one metadata key only: safetensors writes its metadata map in hash order, so two keys
     # would make identical runs differ byte-wise
     files = write_weights(folder, tensors, {"format": "pt"})
-    cfg["compression_config"] = compression_config(model, dtype, {
+    cc = compression_config(model, dtype, {
         "tied_aliases": aliases, **(extra_config or {}), HASHES: weight_hashes(folder, files)})
+    write_config_and_tokenizer(model, tokenizer, folder, dtype, cc)
+    return {"files": len(files), "bytes": sum((folder / f).stat().st_size for f in files)}
+
+
+def write_config_and_tokenizer(model: nn.Module, tokenizer: Any, folder: Path,
+                               dtype: torch.dtype, cc: dict[str, Any]) -> None:
+    """config.json (the model's, in ``dtype``, with its compression_config ``cc``), the
+    generation config and the tokenizer: what every writer puts beside the weights."""
+    cfg = model.config.to_dict()
+    cfg["dtype"] = str(dtype).removeprefix("torch.")
+    cfg.pop("torch_dtype", None)
+    cfg["compression_config"] = cc
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
     gen_cfg = getattr(model, "generation_config", None)
     if gen_cfg is not None:
         gen_cfg.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    return {"files": len(files), "bytes": sum((folder / f).stat().st_size for f in files)}

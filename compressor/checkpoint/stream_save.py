@@ -23,7 +23,7 @@ from torch import nn
 from compressor.core.resume import LayerCheckpoints, layer_tensors
 from compressor.parts import CompressedLinear
 
-from .save import FORMAT, FORMAT_VERSION, INDEX
+from .save import FORMAT, FORMAT_VERSION, INDEX, write_config_and_tokenizer
 from .verify import HASHES, weight_hashes
 
 OUTSIDE = "model-outside.safetensors"
@@ -65,20 +65,10 @@ def save_streamed(model: nn.Module, tokenizer: Any, folder: Path, layers_path: s
     (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total},
                                             "weight_map": dict(sorted(weight_map.items()))},
                                            indent=1))
-    cfg = model.config.to_dict()
-    cfg["dtype"] = str(dtype).removeprefix("torch.")
-    cfg.pop("torch_dtype", None)
-    cfg["compression_config"] = {"format": FORMAT, "version": FORMAT_VERSION,
-                                 "dtype": str(dtype).removeprefix("torch."),
-                                 "modules": dict(sorted(specs.items())), "tied_aliases": aliases,
-                                 "streamed": True, **(extra_config or {}),
-                                 HASHES: weight_hashes(folder, files)}
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
-    gen_cfg = getattr(model, "generation_config", None)
-    if gen_cfg is not None:
-        gen_cfg.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    cc = {"format": FORMAT, "version": FORMAT_VERSION, "dtype": str(dtype).removeprefix("torch."),
+          "modules": dict(sorted(specs.items())), "tied_aliases": aliases, "streamed": True,
+          **(extra_config or {}), HASHES: weight_hashes(folder, files)}
+    write_config_and_tokenizer(model, tokenizer, folder, dtype, cc)
     return {"files": len(files), "bytes": total}
 
 

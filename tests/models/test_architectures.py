@@ -43,7 +43,8 @@ def test_compress_and_reload(build, tiny_model_dir, tmp_path):
     model_dir = _save(tmp_path / "m", build(vocab), tiny_model_dir)
     recipe = parse_recipe({"model": str(model_dir), "output": str(tmp_path / "out"),
                            "stages": [{"method": "rtn", "bits": 8, "group_size": 32}],
-                           "calibration": {"nsamples": 2, "seqlen": 48}})
+                           "calibration": {"nsamples": 2, "seqlen": 48},
+                           "output_errors": True})   # RTN alone would run no forward pass
     res = compress(recipe, keep_model=True)
     n_layers = res.model.config.num_hidden_layers
     assert len(res.report["modules"]) == 7 * n_layers

@@ -41,7 +41,9 @@ class EoRA(Method):
 
     def compress(self, target: Target, cfg: EoraConfig,
                  previous: CompressedLinear | None = None) -> Compressed:
-        assert previous is not None, "core/stage_rules.py puts a base stage before eora"
+        if previous is None:   # a precondition of the math; recipes order stages in core/stage_rules.py
+            raise ValueError("eora compensates the previous stage's output: give it one (a base "
+                             "stage before eora)")
         gram = require_stat(target, "gram")
         m, n = target.weight.shape
         check_rank(m, n, cfg.rank, target.name)
