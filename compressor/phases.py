@@ -33,6 +33,7 @@ from compressor.core.gradients import GRAD_STATS
 from compressor.core.pipeline import CompressJob, compress_pass, numerics_summary
 from compressor.core.planning import planning_pass
 from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
+from compressor.core.shards import is_resident
 from compressor.core.sources import InMemoryLayers, StreamedLayers
 from compressor.core.stages import Stage, stage_needs
 from compressor.errors import UserError
@@ -41,7 +42,8 @@ from compressor.models import resolve_storage_dtype
 from compressor.progress import NullProgress, ProgressSink
 from compressor.recipe import Recipe, dump_recipe
 from compressor.report import write_report
-from compressor.run_eval import _progress_fn, check_expectations, evaluate_all
+from compressor.run_eval import check_expectations, evaluate_all
+from compressor.run_gradients import run_gradients
 from compressor.runtime import StageTimer, machine, peak_memory, versions
 from compressor.safety.limits import calibration_seqlen, check_ranks, warn_few_tokens
 from compressor.safety.memory import check_activation_memory
@@ -166,7 +168,7 @@ def needs_calibration(run: RunState) -> bool:
     """Whether any part of the run reads the model's response to text: a statistic, a plan
     that needs data, heal, a dense evaluation, or output errors asked for."""
     r = run.recipe
-    if r.output_errors is not None and r.output_errors:
+    if r.output_errors:
         return True
     return bool(run.needs or run.post_stages or (r.eval and r.eval.dense)
                 or any(s.method.plan_needs_for(s.cfg) or s.method.true_sequential(s.cfg)
@@ -196,11 +198,11 @@ def calibrate(run: RunState) -> None:
                         max(shape[1] for shape in run.target_shapes.values()))
     if r.eval and r.eval.dense:
         with run.timer("eval_dense"):   # the uncompressed model on the same windows and tasks
-            run.dense_eval = _evaluate_source(run)
+            run.dense_eval = _evaluate(run, run.minfo["path"], "dense ")
     want = set(run.needs & GRAD_STATS)
     if want:
         with run.timer("gradients"):
-            run.grad_stats, run.grad_info = _gradients(run, want)
+            run.grad_stats, run.grad_info = run_gradients(run, want)
 
 
 def plan(run: RunState) -> None:
@@ -313,7 +315,7 @@ def write(run: RunState, force: bool, command: str) -> dict[str, Any]:
                                                                    run.before_targets[0])
         if r.eval:
             with run.timer("eval"):
-                ev = _evaluate_output(run, tmp)
+                ev = _evaluate(run, tmp, verify=False)   # written just now
             report["eval"] = ev["perplexity"]
             if ev["tasks"] is not None:
                 report["tasks"] = ev["tasks"]
@@ -329,31 +331,17 @@ def write(run: RunState, force: bool, command: str) -> dict[str, Any]:
     return report
 
 
-def _streamed_model_resident(run: RunState) -> bool:
-    return not any(t.is_meta for t in run.model.state_dict().values())
-
-
-def _evaluate_output(run: RunState, folder: Path) -> dict[str, Any]:
-    """The result's evaluation: the model in memory, or (streamed, its layers freed) the
-    written folder read back layer-major, exactly what ``svdc eval --stream`` scores."""
-    if not run.stream or _streamed_model_resident(run):
-        return evaluate_all(run.model, run.tokenizer, run.recipe, run.seqlen, run.device,
-                            run.progress)
-    from compressor.checkpoint.stream_load import load_streamed
-    model = load_streamed(folder, device=run.device, dtype=run.compute_dtype, verify=False)
-    return evaluate_all(model, run.tokenizer, run.recipe, run.seqlen, run.device, run.progress)
-
-
-def _evaluate_source(run: RunState) -> dict[str, Any]:
-    """The uncompressed model's evaluation (``--eval-dense``): in memory, or streamed from
-    the checkpoint's own files."""
-    if not run.stream:
-        return evaluate_all(run.model, run.tokenizer, run.recipe, run.seqlen, run.device,
-                            run.progress, "dense ")
-    from compressor.checkpoint.stream_load import load_streamed
-    model = load_streamed(run.minfo["path"], device=run.device, dtype=run.compute_dtype)
+def _evaluate(run: RunState, folder: Path | str, label: str = "",
+              verify: bool = True) -> dict[str, Any]:
+    """``evaluate_all`` on the run's model when it is resident (always in memory; a streamed
+    run after heal), else on ``folder`` read back layer-major as ``svdc eval --stream`` does
+    (a streamed run: the source checkpoint before the pass, the written output after)."""
+    model = run.model
+    if not is_resident(model):
+        from compressor.checkpoint.stream_load import load_streamed
+        model = load_streamed(folder, device=run.device, dtype=run.compute_dtype, verify=verify)
     return evaluate_all(model, run.tokenizer, run.recipe, run.seqlen, run.device, run.progress,
-                        "dense ")
+                        label)
 
 
 def _dense_forward(run: RunState):
@@ -374,50 +362,3 @@ def _resident_compressed(run: RunState) -> None:
     reader = ShardReader.of_files(run.ckpt.folder, files)
     for i, layer in enumerate(run.layers):
         load_module(run.model, reader, f"{run.layers_path}.{i}.", layer, "cpu")
-
-
-def _gradients(run: RunState, want: set[str]) -> tuple[dict, dict]:
-    """Fisher / |grad| of the targets: loaded from --fisher-file when it matches, else computed
-    (and saved there): the whole model's backward, or streamed (one layer resident at a time,
-    core/streamed_gradients.py). Each rank back-propagates its own windows; sums are reduced.
-    The file is keyed by the windows and target shapes it was made from."""
-    from compressor.core.gradient_file import (
-        gradient_fingerprint,
-        load_gradient_stats,
-        save_gradient_stats,
-    )
-    from compressor.core.gradients import gradient_stats
-    from compressor.core.streamed_gradients import streamed_gradient_stats
-
-    recipe, windows, dist = run.recipe, run.windows, run.dist
-    g = recipe.gradients
-    n = min(g.nsamples or windows.shape[0], windows.shape[0])
-    fp = gradient_fingerprint(windows[:n], run.target_shapes)
-    if g.fisher_file and Path(g.fisher_file).is_file():
-        stats, meta = load_gradient_stats(g.fisher_file, expected_names=run.target_shapes,
-                                          expected_meta={"fingerprint": fp})
-        missing = [w for w in want if not all(w in stats[name] for name in run.target_names)]
-        if missing:
-            raise UserError(f"{g.fisher_file} lacks {missing}; delete it or point --fisher-file "
-                            "elsewhere to recompute")
-        return stats, {"loaded_from": g.fisher_file, **meta}
-    local = dist.shard(windows[:n])
-    progress = _progress_fn(run.progress, "gradients")
-    if run.stream:
-        stats, info = streamed_gradient_stats(run.model, run.layers_path, run.layers, local,
-                                              run.target_names, set(want), run.context(),
-                                              run.source, resume_dir_for(run.output))
-    else:
-        stats, info = gradient_stats(run.model, local, run.target_names, set(want), run.device,
-                                     progress=progress)
-        run.model.to("cpu")
-    if dist.active:
-        stats = dist.reduce_gradient_stats(stats, int(local.shape[0]), n)
-        info = {**info, "nsamples": n, "nsamples_per_rank": int(local.shape[0])}
-    if g.fisher_file and dist.is_main:
-        save_gradient_stats(g.fisher_file, stats, {"model": str(recipe.model), "nsamples": n,
-                                                   "seqlen": int(windows.shape[1]),
-                                                   "seed": recipe.calibration.seed,
-                                                   "fingerprint": fp})
-        info = {**info, "saved_to": g.fisher_file}
-    return stats, info

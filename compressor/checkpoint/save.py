@@ -61,14 +61,17 @@ def round_uncompressed(model: nn.Module, dtype: torch.dtype) -> None:
                 t.copy_(t.to(dtype))
 
 
-def _unique_state(model: nn.Module, dtype: torch.dtype
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def unique_state(model: nn.Module, dtype: torch.dtype, skip: str | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """State dict without aliases (tied embeddings): safetensors stores a tensor once.
-    Uncompressed floating tensors are written in ``dtype``."""
+    Uncompressed floating tensors are written in ``dtype``. ``skip``: leave out the keys under
+    this prefix (a streamed run's decoder layers, written shard by shard)."""
     cast = {k for k, _ in _uncompressed_float(model)}
     seen: dict[tuple, str] = {}
     out, aliases = {}, {}
     for k, t in model.state_dict().items():
+        if skip is not None and k.startswith(skip):
+            continue
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if t.numel() and key in seen:
             aliases[k] = seen[key]
@@ -109,7 +112,7 @@ def save_compressed(model: nn.Module, tokenizer: Any, folder: Path,
     """Write config, weights and tokenizer into ``folder`` (already a temporary folder).
     ``dtype``: the storage dtype of the uncompressed tensors (default: the model's)."""
     dtype = dtype or next(model.parameters()).dtype
-    tensors, aliases = _unique_state(model, dtype)
+    tensors, aliases = unique_state(model, dtype)
     # one metadata key only: safetensors writes its metadata map in hash order, so two keys
     # would make identical runs differ byte-wise
     files = write_weights(folder, tensors, {"format": "pt"})

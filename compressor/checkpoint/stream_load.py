@@ -148,25 +148,19 @@ def open_streamed(spec: str, dtype: str | torch.dtype, compute_device: torch.dev
                   ) -> tuple[nn.Module, Any, dict[str, Any], ShardReader]:
     """MODEL for a streamed compress run: the meta skeleton in the compute dtype with
     everything outside the decoder layers read, its tokenizer, the report's model section
-    (as ``load_model``'s) and the reader the layers come from."""
-    from transformers import AutoTokenizer
-
+    (``load_model``'s ModelInfo) and the reader the layers come from."""
+    from compressor.core.shards import large_allocations_to_os
     from compressor.models import decoder_layers
     from compressor.models.device import checkpoint_dtype, resolve_dtype
+    from compressor.models.load import ModelInfo, load_tokenizer
     from compressor.models.resolve import resolve_model
-    from compressor.core.shards import large_allocations_to_os
     res = resolve_model(spec)
     if res.gguf_file:
         raise UserError("--stream reads safetensors checkpoints; a .gguf model must be loaded "
                         "whole (convert it first: scripts/convert_gguf.py)")
     config = plain_config(res.path)
     torch_dtype = resolve_dtype(dtype, config, compute_device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(res.path)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"cannot load the tokenizer from '{res.path}' "
-                        f"({(str(e).strip().splitlines() or [type(e).__name__])[0]}): put the "
-                        "tokenizer files beside config.json") from e
+    tokenizer = load_tokenizer(res.path)
     large_allocations_to_os()
     reader = ShardReader(res.path)
     model = skeleton(config, torch_dtype)
@@ -174,12 +168,12 @@ def open_streamed(spec: str, dtype: str | torch.dtype, compute_device: torch.dev
     materialize_outside(model, reader, layers_path)
     cfg = getattr(config, "get_text_config", lambda: config)()
     own = checkpoint_dtype(config)
-    info = {"spec": spec, "source": res.source, "hub_id": res.hub_id, "path": str(res.path),
-            "gguf_file": None, "gguf_sha256": None,
-            "dtype": str(torch_dtype).removeprefix("torch."), "device": "meta (streamed)",
-            "architecture": (config.architectures or [type(model).__name__])[0],
-            "model_type": config.model_type,
-            "n_params": sum(p.numel() for p in model.parameters()), "n_layers": len(layers),
-            "hidden_size": getattr(cfg, "hidden_size", None),
-            "checkpoint_dtype": str(own).removeprefix("torch.") if own else None}
-    return model, tokenizer, info, reader
+    info = ModelInfo(
+        spec=spec, source=res.source, hub_id=res.hub_id, path=str(res.path), gguf_file=None,
+        gguf_sha256=None, dtype=str(torch_dtype).removeprefix("torch."),
+        device="meta (streamed)",
+        architecture=(config.architectures or [type(model).__name__])[0],
+        model_type=config.model_type, n_params=sum(p.numel() for p in model.parameters()),
+        n_layers=len(layers), hidden_size=getattr(cfg, "hidden_size", None),
+        checkpoint_dtype=str(own).removeprefix("torch.") if own else None)
+    return model, tokenizer, info.to_dict(), reader

@@ -21,9 +21,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from compressor.core.resume import LayerCheckpoints, layer_tensors
+from compressor.core.shards import is_resident
 from compressor.parts import CompressedLinear
 
-from .save import FORMAT, FORMAT_VERSION, INDEX, write_config_and_tokenizer
+from .save import FORMAT, FORMAT_VERSION, INDEX, unique_state, write_config_and_tokenizer
 from .verify import HASHES, weight_hashes
 
 OUTSIDE = "model-outside.safetensors"
@@ -31,10 +32,6 @@ OUTSIDE = "model-outside.safetensors"
 
 def layer_shard_name(i: int) -> str:
     return f"layer-{i:05d}.safetensors"
-
-
-def _is_resident(layer: nn.Module) -> bool:
-    return not any(t.is_meta for t in layer.state_dict().values())
 
 
 def save_streamed(model: nn.Module, tokenizer: Any, folder: Path, layers_path: str,
@@ -46,7 +43,7 @@ def save_streamed(model: nn.Module, tokenizer: Any, folder: Path, layers_path: s
     specs: dict[str, Any] = {}
     for i, layer in enumerate(layers):
         name, prefix = layer_shard_name(i), f"{layers_path}.{i}."
-        if _is_resident(layer):
+        if is_resident(layer):
             save_file(layer_tensors(layer, prefix, dtype), str(folder / name),
                       metadata={"format": "pt"})
             specs.update({prefix + rel: m.spec() for rel, m in layer.named_modules()
@@ -57,7 +54,7 @@ def save_streamed(model: nn.Module, tokenizer: Any, folder: Path, layers_path: s
             specs.update({meta["prefix"] + rel: s for rel, s in meta["specs"].items()})
         with safe_open(str(folder / name), framework="pt") as f:
             weight_map.update({k: name for k in f.keys()})
-    rest, aliases = _outside_tensors(model, layers_path, dtype)
+    rest, aliases = unique_state(model, dtype, skip=layers_path + ".")
     save_file(rest, str(folder / OUTSIDE), metadata={"format": "pt"})
     weight_map.update({k: OUTSIDE for k in rest})
     files = sorted(set(weight_map.values()))
@@ -82,21 +79,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst, follow_symlinks=False)
 
-
-def _outside_tensors(model: nn.Module, layers_path: str, dtype: torch.dtype
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Everything outside the decoder layers (tied weights once, as an alias), floating
-    tensors in ``dtype``."""
-    prefix = layers_path + "."
-    rest, aliases, seen = {}, {}, {}
-    for k, t in model.state_dict().items():
-        if k.startswith(prefix):
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if t.numel() and key in seen:
-            aliases[k] = seen[key]
-            continue
-        seen[key] = k
-        t = t.detach().to("cpu")
-        rest[k] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
-    return rest, aliases

@@ -66,6 +66,7 @@ def _print_summary(report: dict[str, Any], output: Path) -> None:
         raise typer.Exit(3)
 
 
+STREAM_HELP = "read and write one decoder layer at a time (models larger than RAM)"
 TRUST_HELP = ("run Python code shipped in the model folder (config auto_map); only for "
               "folders you trust")
 
@@ -126,7 +127,7 @@ def compress(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its per-layer checkpoints"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
     nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
-    stream: bool = typer.Option(False, "--stream", help="read and write one decoder layer at a time (models larger than RAM)"),
+    stream: bool = typer.Option(False, "--stream", help=STREAM_HELP),
     output_errors: Optional[bool] = typer.Option(None, "--output-errors/--no-output-errors", help=(
         "measure each module's output error on calibration inputs (default: whenever "
         "calibration runs anyway; data-free methods such as RTN then skip every forward pass)")),
@@ -199,7 +200,7 @@ def run(recipe: Path = typer.Argument(..., help="recipe YAML (model, stages, out
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
         nproc: int = typer.Option(1, "--nproc", help="data-parallel ranks on this host (as torchrun --nproc-per-node)"),
-        stream: bool = typer.Option(False, "--stream", help="read and write one decoder layer at a time (models larger than RAM)")) -> None:
+        stream: bool = typer.Option(False, "--stream", help=STREAM_HELP)) -> None:
     """Run a recipe end to end; exit 3 when an `expect` value is missed."""
     _maybe_launch(nproc)
     r = load_recipe(recipe)

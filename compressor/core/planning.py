@@ -34,13 +34,11 @@ def planning_pass(model, layers, windows: torch.Tensor, job: CompressJob, ctx: P
     for st in asking.values():
         needs |= st.method.plan_needs_for(st.cfg)
     out: dict[int, dict[str, Any]] = {k: {} for k in asking}
-    scratch = PassContext(device=ctx.device, seed=ctx.seed, storage_dtype=ctx.storage_dtype,
-                          dist=ctx.dist, progress=ctx.progress)   # its own clock
 
     def visit(i, layer, hidden, kw, say):
         targets = job.targets_of(layer)
         say("plan statistics")
-        layer_stats, _ = calibrate_groups(layer, targets, hidden, kw, scratch,
+        layer_stats, _ = calibrate_groups(layer, targets, hidden, kw, ctx,
                                           "act_absmean" in needs, what=f"layer {i} (plan)")
         for rel, linear in targets.items():
             full = f"{job.layers_path}.{i}.{rel}"
@@ -55,5 +53,5 @@ def planning_pass(model, layers, windows: torch.Tensor, job: CompressJob, ctx: P
                                 dtype=ctx.storage_dtype or linear.weight.dtype)
                 out[k][full] = st.method.run_plan_measure(target, st.cfg)
 
-    walk_layers(model, job.layers_path, layers, windows, scratch, source, visit, name="plan")
+    walk_layers(model, job.layers_path, layers, windows, ctx, source, visit, name="plan")
     return out, time.perf_counter() - t0

@@ -28,7 +28,7 @@ POST_STAGES: dict[str, type[PostStage]] = {}
 _loaded = False
 
 
-def _check(cls, table: dict) -> None:
+def _check(cls) -> None:
     if cls.name in REGISTRY or cls.name in POST_STAGES:
         raise ValueError(f"stage {cls.name!r} registered twice")
     tag = cls.Config.model_fields.get("method")
@@ -38,14 +38,14 @@ def _check(cls, table: dict) -> None:
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator for a Method: its ``name`` must equal its config's ``method`` tag."""
-    _check(cls, REGISTRY)
+    _check(cls)
     REGISTRY[cls.name] = cls
     return cls
 
 
 def register_post_stage(cls: type[PostStage]) -> type[PostStage]:
     """Class decorator for a PostStage (same naming rule as ``register``)."""
-    _check(cls, POST_STAGES)
+    _check(cls)
     POST_STAGES[cls.name] = cls
     return cls
 

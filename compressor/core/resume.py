@@ -77,7 +77,7 @@ class LayerCheckpoints:
         """Layer i as it will be written: every tensor of the layer under its full name
         (``prefix`` + key; tensors outside the compressed linears in ``self.storage_dtype``),
         then its specs and report rows. A streamed run's writer takes these files as the
-        output's layer shards (core/stream_writer.py)."""
+        output's layer shards (checkpoint/stream_save.py)."""
         tpath, jpath = self._paths(i)
         specs = {}
         for rel in rels:
@@ -164,4 +164,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _corrupt(path, "not a JSON mapping")
     return data
-

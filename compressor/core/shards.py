@@ -116,6 +116,11 @@ def materialize_outside(model: nn.Module, reader: ShardReader, layers_path: str,
         raise UserError(f"the checkpoint lacks {still[:3]}: not a complete model")
 
 
+def is_resident(module: nn.Module) -> bool:
+    """Whether every stored tensor of ``module`` holds data (none left on the meta device)."""
+    return not any(t.is_meta for t in module.state_dict().values())
+
+
 def free_module(module: nn.Module) -> None:
     """Return ``module``'s parameters and stored buffers to the meta device (freeing their
     memory) and hand the freed heap back to the OS. Non-persistent buffers (rotary tables)

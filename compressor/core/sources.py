@@ -10,7 +10,6 @@ returned to the meta device after (its compressed form is in the resume checkpoi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,8 +18,6 @@ from compressor.core.shards import ShardReader, free_module, load_module
 
 
 class InMemoryLayers:
-    streamed = False
-
     def __init__(self, model: nn.Module, layers_path: str):
         self.model, self.layers_path = model, layers_path
 
@@ -35,14 +32,8 @@ class InMemoryLayers:
 
 
 class StreamedLayers:
-    streamed = True
-
     def __init__(self, model: nn.Module, layers_path: str, reader: ShardReader):
         self.model, self.layers_path, self.reader = model, layers_path, reader
-
-    @classmethod
-    def of_folder(cls, model: nn.Module, layers_path: str, folder: Path) -> "StreamedLayers":
-        return cls(model, layers_path, ShardReader(folder))
 
     def load(self, i: int, layer: nn.Module) -> None:
         load_module(self.model, self.reader, f"{self.layers_path}.{i}.", layer, "cpu")

@@ -118,13 +118,13 @@ def streamed_gradient_stats(model: nn.Module, layers_path: str, layers: nn.Modul
         store.close()
         for p, flag in flags:
             p.requires_grad_(flag)
+    peak = _peak_rss_bytes()
     info = {"nsamples": n, "seqlen": int(windows.shape[1]),
             "seconds": round(time.perf_counter() - t0, 3), "streamed": True,
             "device": str(device), "gradient_checkpointing": "per layer (streamed)",
             "boundaries": {"where": str(store.folder) if on_disk else "memory",
                            "bytes": store.bytes},
-            "peak_rss_bytes": _peak_rss_bytes(),
-            "peak_rss_delta_bytes": max(0, _peak_rss_bytes() - rss0),
+            "peak_rss_bytes": peak, "peak_rss_delta_bytes": max(0, peak - rss0),
             "memory_measure": "process peak RSS (getrusage ru_maxrss)"}
     return stats, info
 

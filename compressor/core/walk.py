@@ -22,8 +22,6 @@ from compressor.core.layer_io import capture_inputs, move_all_but_layers, propag
 
 
 class LayerSource(Protocol):
-    streamed: bool
-
     def load(self, i: int, layer: nn.Module) -> None: ...
 
     def release(self, i: int, layer: nn.Module) -> None: ...

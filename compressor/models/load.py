@@ -54,7 +54,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     The model loads as data: no code from its folder (unless ``trust_remote_code``), no
     pickle (safetensors or GGUF only).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
     res = resolve_model(spec, cache_dir=cache_dir)
     dev = resolve_device(device)
     if not res.gguf_file:
@@ -66,12 +66,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     except (OSError, *CONFIG_ERRORS) as e:
         raise UserError(f"cannot read the model config in '{res.path}': {_flat(e)}") from e
     torch_dtype = resolve_dtype(dtype, config, resolve_device(compute_device) if compute_device else dev)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(res.path, **kw)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"cannot load the tokenizer from '{res.path}' ({_first_line(e)}): put "
-                        "the tokenizer files (tokenizer.json, tokenizer_config.json) beside "
-                        "config.json") from e
+    tokenizer = load_tokenizer(res.path, **kw)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             res.path, dtype=torch_dtype, low_cpu_mem_usage=True,
@@ -112,6 +107,17 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
                           else None),
     )
     return model, tokenizer, info
+
+
+def load_tokenizer(path: str | Path, **kw: Any) -> Any:
+    """The tokenizer beside a checkpoint's config, or a one-line error naming the fix."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(path, **kw)
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"cannot load the tokenizer from '{path}' ({_first_line(e)}): put "
+                        "the tokenizer files (tokenizer.json, tokenizer_config.json) beside "
+                        "config.json") from e
 
 
 def _first_line(e: BaseException) -> str:
