@@ -3,7 +3,7 @@ PY     ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-DEMO_OUT ?= out/demo-smollm2-gptq4-eora64
+DEMO_OUT ?= out/demo-smollm2-gptq4g32-eora64
 TORCH   ?= torch==2.13.0
 
 .PHONY: setup test test-fast demo recipes bench clean
@@ -25,16 +25,17 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
-# The headline job on the embedded default model: GPTQ 4-bit g128 + EoRA rank 64 on SmolLM2,
+# The headline job on the embedded default model: GPTQ 4-bit g32 sym (exports to GGUF Q4_0 and
+# compressed-tensors as is) + EoRA rank 64 on SmolLM2-135M-Instruct,
 # calibrated and evaluated on the builtin Wikipedia text (held-out articles), with the dense
 # model's perplexity on the same windows beside it. Sized for a first look (8×256 calibration
 # tokens, 8 eval windows: a few minutes on 2 CPU cores); the full-size command is printed last.
-DEMO_FULL = svdc compress smollm2-135m --method eora --bits 4 --group-size 128 --rank 64 \
+DEMO_FULL = svdc compress smollm2-135m --method eora --bits 4 --group-size 32 --set sym=true --rank 64 \
 	--calib builtin --nsamples 32 --seqlen 512 --eval builtin --eval-windows 40 --eval-dense \
 	-o out/smollm2-gptq4-eora64
 
 demo: setup
-	$(BIN)/svdc compress smollm2-135m --method eora --bits 4 --group-size 128 --rank 64 \
+	$(BIN)/svdc compress smollm2-135m --method eora --bits 4 --group-size 32 --set sym=true --rank 64 \
 	    --calib builtin --nsamples 8 --seqlen 256 --eval builtin --eval-windows 8 --eval-dense \
 	    -o $(DEMO_OUT) --force
 	$(BIN)/svdc inspect $(DEMO_OUT)
@@ -42,7 +43,7 @@ demo: setup
 	@echo "  $(DEMO_FULL)"
 
 recipes: setup
-	$(BIN)/python scripts/reproduce.py recipes/small/*.yaml
+	$(BIN)/python scripts/reproduce.py recipes/small/*.yaml --threads 1
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
+import typer.main
 from rich.markup import escape
 
 from compressor.console import console, setup_logging
@@ -35,23 +37,80 @@ def _error(text: str, label: str = "error", color: str = "red") -> None:
                   soft_wrap=True, highlight=False)
 
 
+def _click_exceptions() -> tuple[tuple, tuple, tuple, tuple]:
+    """(Exit, Abort, UsageError, ClickException) classes: typer >= 0.2x raises those of its
+    vendored click (typer._click), older typer those of standalone click; catch both."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+
+    def pick(attr: str, *extra: type) -> tuple:
+        return tuple(dict.fromkeys([*extra, *(getattr(m, attr) for m in mods if hasattr(m, attr))]))
+    return (pick("Exit", typer.Exit), pick("Abort", typer.Abort), pick("UsageError"),
+            pick("ClickException"))
+
+
+def _split_root(argv: list[str]) -> tuple[list[str], str | None]:
+    """The root's options and the command word: the root's options are all flags, so the
+    first word not starting with '-' is the command."""
+    for i, a in enumerate(argv):
+        if not a.startswith("-"):
+            return argv[:i], a
+    return argv, None
+
+
+def _usage_line(e: Exception, argv: list[str]) -> str:
+    """Click's message (its did-you-mean included) on one line, plus where to look: the
+    command's --help, or for a global option given after the command, where it goes."""
+    msg = " ".join(e.format_message().split())
+    msg += "" if msg.endswith((".", "?", "!")) else "."
+    ctx = getattr(e, "ctx", None)
+    if ctx is None:   # click's parser raises some errors (an option's missing value) bare
+        word = _split_root(argv)[1]
+        where = f"svdc {word}" if word in typer.main.get_command(app).commands else "svdc"
+        return f"{msg} See `{where} --help`"
+    root = ctx.find_root()
+    opt = getattr(e, "option_name", None)
+    globals_ = {o for p in root.command.params for o in p.opts}
+    if type(e).__name__ == "NoSuchOption" and ctx is not root and opt in globals_:
+        return (f"{msg} {opt} is a global option: put it before the command, "
+                f"`{root.command_path} {opt} {ctx.info_name} ...`")
+    return f"{msg} See `{ctx.command_path} --help`"
+
+
 def main() -> None:
-    import click
-    debug = "--debug" in sys.argv
+    argv = sys.argv[1:]
+    debug = "--debug" in _split_root(argv)[0]   # after the command it is a usage error
+    exits, aborts, usage_errors, click_errors = _click_exceptions()
     interrupt.install()
     try:
-        rv = app(standalone_mode=False)
+        rv = app(standalone_mode=False, prog_name="svdc")   # hints name `svdc`, however run
         if rv == 130:  # typer turns Ctrl-C (and our SIGTERM) into this return value
             raise KeyboardInterrupt
         sys.exit(rv if isinstance(rv, int) else 0)
-    except click.exceptions.Exit as e:
+    except exits as e:
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*aborts, KeyboardInterrupt):
         what, _, rest = interrupt.message().partition(": ")
         _error(rest, what, "yellow")
         sys.exit(interrupt.exit_code())
-    except click.ClickException as e:
-        e.show()
+    except usage_errors as e:
+        if type(e).__name__ == "NoArgsIsHelpError":   # bare `svdc`: the help (rich: printed)
+            text = e.format_message()
+            if text.strip():
+                print(text, file=sys.stderr)
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        _error(_usage_line(e, argv))
+        sys.exit(e.exit_code)
+    except click_errors as e:
+        if debug:
+            raise
+        _error(" ".join(e.format_message().split()))
         sys.exit(e.exit_code)
     except UserError as e:
         if debug:

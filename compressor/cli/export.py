@@ -12,7 +12,7 @@ from compressor.errors import UserError
 
 from .app import app
 
-FORMATS = ("dense", "peft-adapter", "compressed-tensors")
+FORMATS = ("dense", "peft-adapter", "compressed-tensors", "gguf")
 
 
 @app.command()
@@ -21,15 +21,21 @@ def export(src: Path = typer.Argument(..., help="an svdc output folder"),
            output: Path = typer.Option(..., "--output", "-o", help="where to write the export"),
            force: bool = typer.Option(False, "--force", help="replace an earlier svdc output (never SRC)"),
            no_verify: bool = typer.Option(False, "--no-verify", help="skip the sha256 check of SRC's weights")) -> None:
-    """Write a plain transformers checkpoint (dense), a PEFT LoRA adapter + its dense base, or a
-    compressed-tensors pack-quantized checkpoint (+ adapter/ for EoRA) for transformers and vLLM."""
+    """Write a plain transformers checkpoint (dense), a PEFT LoRA adapter + its dense base, a
+    compressed-tensors pack-quantized checkpoint (+ adapter/ for EoRA) for transformers and vLLM,
+    or a llama.cpp GGUF file (-o FILE.gguf; + FILE.lora.gguf for EoRA / LQ-LoRA paths)."""
     from compressor.checkpoint import export_dense, export_peft_adapter
     from compressor.checkpoint.compressed_tensors import export_compressed_tensors
     from compressor.safety.guard import guarded_output
     exporters = {"dense": export_dense, "peft-adapter": export_peft_adapter,
                  "compressed-tensors": export_compressed_tensors}
-    if fmt not in exporters:
+    if fmt not in exporters and fmt != "gguf":
         raise UserError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
+    if fmt == "gguf":
+        from compressor.checkpoint.gguf_export import export_gguf
+        export_gguf(src, output, force, verify=not no_verify)
+        console.print(f"wrote {output}")
+        return
     with guarded_output(output, force, [src]):
         exporters[fmt](src, output, force, verify=not no_verify)
     console.print(f"wrote {output}/")

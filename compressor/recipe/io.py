@@ -14,10 +14,57 @@ from compressor.core.registry import stage_class
 from compressor.errors import UserError
 from compressor.recipe.schema import Recipe
 
+MAX_BYTES = 1 << 20   # shipped recipes are ~1.5 KB: a bigger file is the wrong file (or an attack)
+MAX_DEPTH = 32        # recipes nest 4 levels; PyYAML's composer recurses once per level
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that no recipe needs, refused before it costs memory, time or stack."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """safe_load without aliases (a 'billion laughs' bomb expands exponentially; no shipped
+    recipe uses one) and without deep nesting (RecursionError in the composer)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(None, None, f"YAML alias '*{event.anchor}' is not allowed in a "
+                           f"recipe; write the value out", event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                           event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str | bytes, source: str) -> Any:
+    """Recipe YAML (a file, a --set value) as Python data; a one-line UserError otherwise."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)   # safe: a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "refused" if isinstance(e, _Refused) else "not valid YAML"
+        why = " ".join(str(getattr(e, "problem", None) or e).split())   # one line
+        raise UserError(f"{source}: {what}{where}: {why}") from None
+
+
+def _first(err: ValidationError) -> dict:
+    """The problem to report: an unknown key first, since a misspelled key ('stagse') also
+    makes its correct spelling 'missing', and the typo is the one to name."""
+    errors = err.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
 
 def explain(err: ValidationError, valid_keys: list[str] | None = None, loc_offset: int = 0) -> str:
-    """The first validation problem as one line, with the nearest valid key for a typo."""
-    e = err.errors()[0]
+    """The problem `_first` picks as one line, with the nearest valid key for a typo."""
+    e = _first(err)
     loc = ".".join(str(p) for p in e["loc"][loc_offset:])
     if e["type"] == "extra_forbidden":
         key = str(e["loc"][-1])
@@ -49,7 +96,7 @@ def _valid_keys_at(loc: tuple) -> list[str]:
 
 def _stage_message(err: ValidationError) -> str | None:
     """'stage N (method): ...' for an error inside a stage's config, else None."""
-    loc = err.errors()[0]["loc"]
+    loc = _first(err)["loc"]
     if len(loc) < 3 or loc[0] != "stages" or not isinstance(loc[1], int):
         return None
     method = str(loc[2])
@@ -64,7 +111,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     try:
         return Recipe(**data)
     except ValidationError as e:
-        first = e.errors()[0]
+        first = _first(e)
         msg = first.get("msg", "")
         if first["type"] == "value_error" and "stage" in msg:
             raise UserError(f"{source}: {msg.removeprefix('Value error, ')}") from None
@@ -79,12 +126,12 @@ def read_recipe_data(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"recipe file not found: {p} (check the path)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    with p.open("rb") as f:
+        raw = f.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise UserError(f"{p}: larger than {MAX_BYTES >> 20} MiB; a recipe is a few KB "
+                        f"(check the path)")
+    data = load_yaml(raw, str(p))
     if not isinstance(data, dict):
         raise UserError(f"{p}: a recipe must be a YAML mapping (version, model, stages, ...)")
     return data

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from compressor.core.registry import get_method, stage_class
 from compressor.errors import UserError
+from compressor.recipe.io import load_yaml
 
 DEFAULT_BASE = "gptq"
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """`--set key=value` pairs; values parsed as YAML scalars (4 → int, true → bool)."""
+    """`--set key=value` pairs; values parsed as YAML scalars (4 → int, true → bool), by the
+    recipe's loader (no alias bomb on the command line either)."""
     out = {}
     for it in items:
         if "=" not in it:
             raise UserError(f"--set {it!r}: expected key=value, e.g. --set percdamp=0.05")
         k, v = it.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        out[k.strip().replace("-", "_")] = load_yaml(v, f"--set {it!r}")
     return out
 
 

@@ -1,0 +1,154 @@
+"""GGUF export: svdc's codes as ggml blocks (converted, not re-rounded), read back by the gguf
+package and by transformers' GGUF loader with svdc's logits; what GGUF cannot hold is refused."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import compressor
+from compressor.api import compress
+from compressor.checkpoint.gguf_blocks import to_blocks
+from compressor.checkpoint.gguf_export import export_gguf
+from compressor.errors import UserError
+from compressor.primitives.grids import quantize_rtn
+from compressor.recipe import parse_recipe
+
+gguf = pytest.importorskip("gguf")
+
+
+def _compress(model_dir: Path, out: Path, stages) -> Path:
+    data = {"model": str(model_dir), "stages": stages, "output": str(out),
+            "calibration": {"nsamples": 4, "seqlen": 64, "seed": 0}}
+    return compress(parse_recipe(data)).output
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    cache: dict = {}
+
+    def get(bits: int, sym: bool, group_size: int = 32, eora_rank: int | None = None) -> Path:
+        key = (bits, sym, group_size, eora_rank)
+        if key not in cache:
+            stages = [{"method": "gptq", "bits": bits, "group_size": group_size, "sym": sym}]
+            if eora_rank:
+                stages.append({"method": "eora", "rank": eora_rank})
+            out = tmp_path_factory.mktemp("gguf") / "_".join(map(str, key))
+            cache[key] = _compress(tiny_model_dir, out, stages)
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("bits,sym,kind", [(4, True, "Q4_0"), (8, True, "Q8_0"), (4, False, "Q4_1")])
+def test_blocks_dequantize_to_svdc_weight(bits, sym, kind):
+    """gguf-py's own decoder of our blocks gives exactly svdc's dequantized weight."""
+    from compressor.primitives.grids import dequantize
+    w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+    q = quantize_rtn(w, bits=bits, group_size=32, sym=sym)
+    blocks = to_blocks(q, kind)
+    got = gguf.quants.dequantize(blocks, getattr(gguf.GGMLQuantizationType, kind))
+    want = dequantize(q).numpy()
+    if kind == "Q4_1":   # m = -d*z rounded to fp16: within that rounding
+        np.testing.assert_allclose(got, want, rtol=0, atol=float(q.scale.max()) * 2 ** -10 * 16)
+    else:
+        assert np.array_equal(got, want)
+
+
+def _hf_gguf(path: Path):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("bits,sym,kind", [(4, True, "Q4_0"), (8, True, "Q8_0")])
+def test_transformers_gguf_loader_gives_svdc_logits(runs, tmp_path, bits, sym, kind):
+    src = runs(bits, sym)
+    dst = export_gguf(src, tmp_path / "m.gguf")
+    r = gguf.GGUFReader(dst)
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["blk.0.attn_q.weight"] == kind and types["blk.1.ffn_down.weight"] == kind
+    assert "output.weight" not in types          # tied head: llama.cpp reuses token_embd
+    ids = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = compressor.load(src, dtype=torch.float32)(ids).logits
+        got = _hf_gguf(dst)(ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_tokenizer_round_trips(runs, tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+    dst = export_gguf(runs(4, True), tmp_path / "m.gguf")
+    mine = AutoTokenizer.from_pretrained(tiny_model_dir)
+    theirs = AutoTokenizer.from_pretrained(dst.parent, gguf_file=dst.name)
+    text = "The history of Alabama, 1819: statehood and its aftermath."
+    assert theirs(text)["input_ids"][-12:] == mine(text)["input_ids"][-12:]
+
+
+def test_eora_paths_go_in_a_lora_adapter_beside_the_base(runs, tmp_path):
+    src = runs(4, True, eora_rank=8)
+    dst = export_gguf(src, tmp_path / "m.gguf")
+    lora = gguf.GGUFReader(tmp_path / "m.lora.gguf")
+    names = {t.name for t in lora.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
+    assert lora.fields["adapter.type"].contents() == "lora"
+    # the base alone is the quantized model without its paths: W = Q, and Q + B·A is svdc's
+    base = {t.name: t for t in gguf.GGUFReader(dst).tensors}
+    a = next(t for t in lora.tensors if t.name == "blk.1.ffn_down.weight.lora_a")
+    b = next(t for t in lora.tensors if t.name == "blk.1.ffn_down.weight.lora_b")
+    t = base["blk.1.ffn_down.weight"]
+    q = gguf.quants.dequantize(t.data, t.tensor_type)
+    merged = q + np.asarray(b.data) @ np.asarray(a.data)
+    want = compressor.load(src, dtype=torch.float32).get_submodule(
+        "model.layers.1.mlp.down_proj").dense_weight().numpy()
+    np.testing.assert_allclose(merged, want, rtol=0, atol=1e-5)
+
+
+def test_unexpressible_grids_are_refused_in_one_line(runs, tmp_path):
+    with pytest.raises(UserError) as e:
+        export_gguf(runs(3, True), tmp_path / "m.gguf")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("cannot export to GGUF")
+    assert "3-bit" in msg and "--group-size 32" in msg
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_low_rank_only_is_refused(tiny_model_dir, tmp_path):
+    src = _compress(tiny_model_dir, tmp_path / "svd", [{"method": "svd", "ratio": 0.3}])
+    with pytest.raises(UserError, match=r"^cannot export to GGUF: .*low-rank-only"):
+        export_gguf(src, tmp_path / "m.gguf")
+
+
+def test_output_is_guarded(runs, tmp_path):
+    src = runs(4, True)
+    other = tmp_path / "notes.gguf"
+    other.write_text("mine")
+    with pytest.raises(UserError, match="not a GGUF file"):
+        export_gguf(src, other, force=True)
+    assert other.read_text() == "mine"
+    link = tmp_path / "link.gguf"
+    link.symlink_to(tmp_path / "elsewhere.gguf")
+    with pytest.raises(UserError, match="symbolic link"):
+        export_gguf(src, link)
+    with pytest.raises(UserError, match="FILE.gguf"):
+        export_gguf(src, tmp_path / "m.bin")
+    export_gguf(src, tmp_path / "m.gguf")
+    with pytest.raises(UserError, match="exists"):
+        export_gguf(src, tmp_path / "m.gguf")
+    export_gguf(src, tmp_path / "m.gguf", force=True)
+
+
+def test_cli_export_gguf(runs, tmp_path, capsys):
+    from compressor import cli
+    old = sys.argv
+    sys.argv = ["svdc", "export", str(runs(4, True)), "--format", "gguf", "-o", str(tmp_path / "x.gguf")]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    assert e.value.code in (0, None)
+    assert (tmp_path / "x.gguf").read_bytes()[:4] == b"GGUF"
