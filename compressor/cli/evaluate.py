@@ -25,7 +25,7 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
                                                help="wikitext2 | c4 | builtin | PATH (default builtin, unless only --tasks)"),
              split: Optional[str] = typer.Option(None, "--split",
                                                  help="all | test: a local file whole (default) or its held-out 10%; builtin/wikitext2/c4 always test"),
-             seqlen: int = typer.Option(2048, help="window length (capped by the model's context)"),
+             seqlen: Optional[int] = typer.Option(None, help="window length (capped by the model's context; default: the one OUT's report was scored at, else 2048)"),
              max_windows: Optional[int] = typer.Option(None, "--max-windows", help="quick partial run"),
              tasks: list[str] = typer.Option([], "--tasks", "-t",
                                              help="lm-eval tasks, comma separated: names (arc_easy, hellaswag, ...) or task YAML paths"),
@@ -60,6 +60,8 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         model_obj.to(dev)
     results = []
     if datasets:
+        seqlen, why = (seqlen, "--seqlen") if seqlen else recorded_seqlen(model)
+        console.print(f"seqlen {seqlen} ({why})", highlight=False)
         with RichProgress() as progress:
             for ds in datasets:
                 from compressor.run_eval import _progress_fn
@@ -88,6 +90,17 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         console.print(ppl_table(results, f"perplexity: {model}"))
     if task_res is not None:
         console.print(tasks_table(task_res, f"tasks: {model}"))
+
+
+def recorded_seqlen(model: str) -> tuple[int, str]:
+    """The window length an svdc output's own report scored it at, so `svdc eval OUT`
+    repeats the compress run's number unless told otherwise; else 2048."""
+    rep = Path(model) / "report.json"
+    try:
+        evals = json.loads(rep.read_text()).get("eval") or []
+        return int(evals[0]["seqlen"]), f"as in {rep}; --seqlen to change"
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return 2048, "default; --seqlen to change"
 
 
 def ppl_table(results: list[dict[str, Any]], title: str) -> Table:
