@@ -11,9 +11,7 @@ import pytest
 import torch
 
 import compressor
-from compressor.api import compress
 from compressor.errors import UserError
-from compressor.recipe import parse_recipe
 
 ct = pytest.importorskip("compressed_tensors")
 
@@ -31,10 +29,6 @@ def _ids(n=24, hi=300):
     return torch.randint(3, hi, (2, n), generator=g)
 
 
-def _compress(model_dir: Path, out: Path, stages) -> Path:
-    data = {"model": str(model_dir), "stages": stages, "output": str(out),
-            "calibration": {"nsamples": 4, "seqlen": 64, "seed": 0}}
-    return compress(parse_recipe(data)).output
 
 
 def _hf(path: Path, **kw):
@@ -95,21 +89,6 @@ def test_converted_tensors_dequantize_to_svdc_weight(bits, sym):
 
 
 # ------------------------------------------------------------------ tiny Llama, end to end
-@pytest.fixture(scope="module")
-def runs(tiny_model_dir, tmp_path_factory):
-    """GPTQ outputs, compressed once per (bits, sym) and shared by the tests below."""
-    cache: dict = {}
-
-    def get(bits: int, sym: bool, group_size: int = 32, eora_rank: int | None = None) -> Path:
-        key = (bits, sym, group_size, eora_rank)
-        if key not in cache:
-            stages = [{"method": "gptq", "bits": bits, "group_size": group_size, "sym": sym}]
-            if eora_rank:
-                stages.append({"method": "eora", "rank": eora_rank})
-            out = tmp_path_factory.mktemp("ct") / "_".join(map(str, key))
-            cache[key] = _compress(tiny_model_dir, out, stages)
-        return cache[key]
-    return get
 
 
 @pytest.mark.parametrize("bits,sym", [(3, True), (3, False), (4, True), (4, False), (2, False), (8, True)])
@@ -216,8 +195,8 @@ def test_ragged_group_is_refused_in_one_line(runs, tmp_path, capsys):
     assert "ragged" in capsys.readouterr().err.replace("\n", " ")
 
 
-def test_unexpressible_parts_are_refused(tiny_model_dir, tmp_path):
-    src = _compress(tiny_model_dir, tmp_path / "svd", [{"method": "svd", "ratio": 0.3}])
+def test_unexpressible_parts_are_refused(tiny_model_dir, tmp_path, compress_tiny):
+    src = compress_tiny(tiny_model_dir, tmp_path / "svd", [{"method": "svd", "ratio": 0.3}])
     with pytest.raises(UserError, match=r"^cannot export to compressed-tensors: .*low-rank-only.*--format dense"):
         export_compressed_tensors(src, tmp_path / "ct")
 

@@ -11,36 +11,16 @@ import pytest
 import torch
 
 import compressor
-from compressor.api import compress
 from compressor.checkpoint.gguf_blocks import to_blocks
 from compressor.checkpoint.gguf_export import export_gguf
 from compressor.errors import UserError
 from compressor.primitives.grids import quantize_rtn
-from compressor.recipe import parse_recipe
 
 gguf = pytest.importorskip("gguf")
 
 
-def _compress(model_dir: Path, out: Path, stages) -> Path:
-    data = {"model": str(model_dir), "stages": stages, "output": str(out),
-            "calibration": {"nsamples": 4, "seqlen": 64, "seed": 0}}
-    return compress(parse_recipe(data)).output
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_model_dir, tmp_path_factory):
-    cache: dict = {}
-
-    def get(bits: int, sym: bool, group_size: int = 32, eora_rank: int | None = None) -> Path:
-        key = (bits, sym, group_size, eora_rank)
-        if key not in cache:
-            stages = [{"method": "gptq", "bits": bits, "group_size": group_size, "sym": sym}]
-            if eora_rank:
-                stages.append({"method": "eora", "rank": eora_rank})
-            out = tmp_path_factory.mktemp("gguf") / "_".join(map(str, key))
-            cache[key] = _compress(tiny_model_dir, out, stages)
-        return cache[key]
-    return get
 
 
 @pytest.mark.parametrize("bits,sym,kind", [(4, True, "Q4_0"), (8, True, "Q8_0"), (4, False, "Q4_1")])
@@ -116,8 +96,8 @@ def test_unexpressible_grids_are_refused_in_one_line(runs, tmp_path):
     assert not (tmp_path / "m.gguf").exists()
 
 
-def test_low_rank_only_is_refused(tiny_model_dir, tmp_path):
-    src = _compress(tiny_model_dir, tmp_path / "svd", [{"method": "svd", "ratio": 0.3}])
+def test_low_rank_only_is_refused(tiny_model_dir, tmp_path, compress_tiny):
+    src = compress_tiny(tiny_model_dir, tmp_path / "svd", [{"method": "svd", "ratio": 0.3}])
     with pytest.raises(UserError, match=r"^cannot export to GGUF: .*low-rank-only"):
         export_gguf(src, tmp_path / "m.gguf")
 
