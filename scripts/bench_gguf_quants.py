@@ -47,7 +47,8 @@ def reference_ppl(model_name: str, kind: str, svdc_out: Path, windows: int, seql
 
 
 def svdc_ppl(model_name: str, kind: str, out: Path, nsamples: int, seqlen: int,
-             windows: int) -> tuple[float, float]:
+             windows: int) -> tuple[float, float, str]:
+    """svdc's GPTQ perplexity (its report), seconds, and the GGUF written (or why not)."""
     bits, sym = GRIDS[kind]
     cmd = [str(ROOT / ".venv/bin/svdc"), "compress", model_name, "--method", "gptq", "--bits", str(bits),
            "--group-size", "32", "--set", f"sym={str(sym).lower()}", "--calib", "builtin",
@@ -56,11 +57,13 @@ def svdc_ppl(model_name: str, kind: str, out: Path, nsamples: int, seqlen: int,
     t = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     rep = json.loads((out / "report.json").read_text())
-    gguf_file = out.parent / f"{out.name}.gguf"
-    subprocess.run([str(ROOT / ".venv/bin/svdc"), "export", str(out), "--format", "gguf", "-o",
-                    str(gguf_file), "--force"], check=True, stdout=subprocess.DEVNULL)
     (ev,) = [e for e in rep["eval"] if e["dataset"] == "builtin"]
-    return float(ev["ppl"]), time.time() - t
+    secs = time.time() - t
+    gguf_file = out.parent / f"{out.name}.gguf"
+    exp = subprocess.run([str(ROOT / ".venv/bin/svdc"), "export", str(out), "--format", "gguf", "-o",
+                          str(gguf_file), "--force"], capture_output=True, text=True)
+    written = str(gguf_file) if exp.returncode == 0 else exp.stderr.strip().splitlines()[-1]
+    return float(ev["ppl"]), secs, written
 
 
 def main() -> int:
@@ -78,13 +81,13 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind in args.kinds:
-        ours, secs = svdc_ppl(args.model, kind, args.work / f"{args.model}-{kind}", args.nsamples,
+        ours, secs, gguf_file = svdc_ppl(args.model, kind, args.work / f"{args.model}-{kind}", args.nsamples,
                               args.seqlen, args.windows)
         ref = reference_ppl(args.model, kind, args.work / f"{args.model}-{kind}", args.windows,
                             args.seqlen)
         row = {"model": args.model, "type": kind, "svdc_gptq_ppl": ours, "reference_ppl": ref,
                "ratio": ours / ref, "eval": f"builtin test split, {args.windows}x{args.seqlen}",
-               "calibration": f"builtin, {args.nsamples}x{args.seqlen}", "svdc_seconds": secs,
+               "calibration": f"builtin, {args.nsamples}x{args.seqlen}", "svdc_seconds": secs, "gguf": gguf_file,
                "threads": args.threads, "commit": subprocess.run(
                    ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                    text=True).stdout.strip()}

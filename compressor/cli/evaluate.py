@@ -60,8 +60,9 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         model_obj.to(dev)
     results = []
     if datasets:
-        seqlen, why = (seqlen, "--seqlen") if seqlen else recorded_seqlen(model)
-        console.print(f"seqlen {seqlen} ({why})", highlight=False)
+        if not seqlen:   # said only when chosen for the user
+            seqlen, why = recorded_seqlen(model)
+            console.print(f"seqlen {seqlen} ({why})", highlight=False)
         with RichProgress() as progress:
             for ds in datasets:
                 from compressor.run_eval import _progress_fn
