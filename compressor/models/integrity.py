@@ -100,3 +100,26 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_loaded(model, loading: dict, path: Path) -> None:
+    """Refuse a checkpoint transformers loaded only in part, before the first forward pass:
+    a tensor the architecture expects that the files lack (transformers would fill it with
+    random values), one of the wrong shape, or a weight that is not finite."""
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(f"checkpoint '{path}' lacks {len(missing)} tensor(s) the architecture "
+                        f"expects ({', '.join(missing[:3])}{more}): it is incomplete; download "
+                        "it again")
+    bad = loading.get("mismatched_keys") or []
+    if bad:
+        first = bad[0]
+        raise UserError(f"checkpoint '{path}' has {len(bad)} tensor(s) of the wrong shape "
+                        f"({first[0] if isinstance(first, (tuple, list)) else first}): it does "
+                        "not match its config.json; download it again")
+    import torch
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise UserError(f"checkpoint '{path}' holds NaN or Inf in {name}: the weights are "
+                            "corrupt; download them again")

@@ -15,7 +15,7 @@ from compressor.safety.remote_code import check_remote_code
 
 from .architectures import decoder_layers
 from .device import checkpoint_dtype, resolve_device, resolve_dtype
-from .integrity import CONFIG_ERRORS, file_sha256
+from .integrity import CONFIG_ERRORS, check_loaded, file_sha256
 from .offline import drop_quantizer
 from .resolve import resolve_model
 
@@ -68,8 +68,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
     torch_dtype = resolve_dtype(dtype, config, resolve_device(compute_device) if compute_device else dev)
     tokenizer = load_tokenizer(res.path, **kw)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            res.path, dtype=torch_dtype, low_cpu_mem_usage=True,
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            res.path, dtype=torch_dtype, low_cpu_mem_usage=True, output_loading_info=True,
             **({} if res.gguf_file else {"use_safetensors": True}), **kw)
     except Exception as e:  # noqa: BLE001 - turn a corrupt file into a one-line UserError
         name = type(e).__name__
@@ -84,6 +84,7 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
                             f"({name}: {_flat(e)}): a config field is missing or has the "
                             f"wrong type; fix config.json or download the checkpoint again") from e
         raise
+    check_loaded(model, loading, res.path)
     if res.gguf_file:
         drop_quantizer(model)
     model.to(dev)
