@@ -172,6 +172,20 @@ def _tokenizer(w, src: Path, cfg) -> None:
         w.add_chat_template(tc["chat_template"])
 
 
+def provenance(src: Path) -> dict[str, str]:
+    """What the GGUF says of its origin: svdc, the methods of the recipe, its digest."""
+    import yaml
+    cc = json.loads((src / "config.json").read_text()).get("compression_config") or {}
+    methods = []
+    if (src / "recipe.yaml").is_file():
+        stages = (yaml.safe_load((src / "recipe.yaml").read_text()) or {}).get("stages") or []
+        methods = [st.get("method", "?") for st in stages if isinstance(st, dict)]
+    from compressor import __version__
+    return {"version": __version__, "source": src.name, "methods": "+".join(methods) or "unknown",
+            "recipe_fingerprint": str(cc.get("recipe_fingerprint", "")),
+            "conversion": "svdc codes and fp16 scales as ggml blocks, not re-rounded"}
+
+
 def _float_array(t: torch.Tensor) -> tuple[np.ndarray, object]:
     """A kept tensor in its own dtype (bf16 travels as raw uint16 with raw_dtype BF16)."""
     import gguf
@@ -259,7 +273,8 @@ def export_gguf(src: str | Path, dst: str | Path, force: bool = False, verify: b
     if worst:
         log.warning("Q4_1: the fp16 offset m = -d*z rounds by up to %.3g on some blocks", worst)
         w.add_float32("svdc.q4_1_offset_rounding", worst)
-    w.add_string("svdc.source", json.dumps({"folder": src.name, "converted": "codes, not re-rounded"}))
+    for k, v in provenance(src).items():
+        w.add_string(f"svdc.{k}", v)
     tmp = dst.with_name(f".{dst.name}.tmp")
     written = [(tmp, dst)]
     _write(w, tmp)

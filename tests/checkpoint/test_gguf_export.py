@@ -52,6 +52,10 @@ def test_transformers_gguf_loader_gives_svdc_logits(runs, tmp_path, bits, sym, k
     types = {t.name: t.tensor_type.name for t in r.tensors}
     assert types["blk.0.attn_q.weight"] == kind and types["blk.1.ffn_down.weight"] == kind
     assert "output.weight" not in types          # tied head: llama.cpp reuses token_embd
+    import json
+    fp = json.loads((src / "config.json").read_text())["compression_config"]["recipe_fingerprint"]
+    assert r.fields["svdc.methods"].contents() == "gptq"
+    assert r.fields["svdc.recipe_fingerprint"].contents() == fp and fp
     ids = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = compressor.load(src, dtype=torch.float32)(ids).logits
@@ -132,3 +136,30 @@ def test_cli_export_gguf(runs, tmp_path, capsys):
         sys.argv = old
     assert e.value.code in (0, None)
     assert (tmp_path / "x.gguf").read_bytes()[:4] == b"GGUF"
+
+
+@pytest.mark.slow
+def test_smollm2_q4_0_export_gives_svdc_logits(tmp_path):
+    """The real checkpoint: GPTQ 4-bit g32 sym + EoRA, exported; the base GGUF through
+    transformers' loader equals svdc's model without its paths, the tokenizer the same ids."""
+    import subprocess
+
+    from transformers import AutoTokenizer
+
+    from compressor.checkpoint.export import split_lowrank_paths
+    out = tmp_path / "smol"
+    run = subprocess.run([sys.executable, "-m", "compressor", "compress", "smollm2-135m", "--method",
+                          "eora", "--base", "gptq", "--bits", "4", "--group-size", "32", "--set",
+                          "sym=true", "--rank", "8", "--calib", "builtin", "--nsamples", "2",
+                          "--seqlen", "64", "-o", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dst = export_gguf(out, tmp_path / "smol.gguf")
+    assert (tmp_path / "smol.lora.gguf").is_file()
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 2000, 77]])
+    model = compressor.load(out, dtype=torch.float32)
+    split_lowrank_paths(model)
+    with torch.no_grad():
+        assert torch.equal(_hf_gguf(dst)(ids).logits, model(ids).logits)
+    text = "The Alabama River flows 318 miles; it's named after the Alabama people."
+    theirs = AutoTokenizer.from_pretrained(dst.parent, gguf_file=dst.name)
+    assert theirs(text)["input_ids"] == AutoTokenizer.from_pretrained(out)(text)["input_ids"]
