@@ -116,19 +116,21 @@ def plots(report: dict[str, Any], folder: Path) -> list[str]:
     rows = report["modules"]
     kinds = sorted({r["kind"] for r in rows})
     out = []
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for k in kinds:
-        pts = [(r["layer"], r["output_rel_err"]) for r in rows if r["kind"] == k and r["output_rel_err"] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker=".", label=k)
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("relative output error (calibration)")
-    ax.set_title("Error per layer")
-    ax.legend(fontsize=7, ncol=4)
-    fig.tight_layout()
-    fig.savefig(folder / "error_per_layer.png", dpi=110)
-    plt.close(fig)
-    out.append("error_per_layer.png")
+    series = {k: [(r["layer"], r["output_rel_err"]) for r in rows
+                  if r["kind"] == k and r["output_rel_err"] is not None] for k in kinds}
+    if any(series.values()):   # a data-free run measures no output error: no empty plot
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for k, pts in series.items():
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=k)
+        ax.set_xlabel("decoder layer")
+        ax.set_ylabel("relative output error (calibration)")
+        ax.set_title("Error per layer")
+        ax.legend(fontsize=7, ncol=4)
+        fig.tight_layout()
+        fig.savefig(folder / "error_per_layer.png", dpi=110)
+        plt.close(fig)
+        out.append("error_per_layer.png")
     for key, label in (("rank", "rank"), ("bits_per_weight", "bits per weight")):
         pts_by_kind = {k: [(r["layer"], _find(r["info"], key)) for r in rows if r["kind"] == k] for k in kinds}
         pts_by_kind = {k: [(x, y) for x, y in v if y is not None] for k, v in pts_by_kind.items()}
