@@ -73,6 +73,9 @@ TRUST_HELP = ("run Python code shipped in the model folder (config auto_map); on
 
 def _maybe_launch(nproc: int) -> None:
     """--nproc N > 1 outside torchrun: start N ranks of this same command and exit with theirs."""
+    if nproc < 1:
+        raise UserError(f"--nproc {nproc}: the number of ranks must be at least 1 (1 runs in "
+                        "this process)")
     from compressor.cli.launch import launch, launched_rank
     if nproc > 1 and not launched_rank():
         raise typer.Exit(launch(nproc))

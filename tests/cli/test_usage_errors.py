@@ -84,3 +84,15 @@ def test_bare_svdc_prints_the_help(run):
     res = run([])
     assert res.code == 2
     assert "compress" in res.err and "internal error" not in res.err
+
+
+def test_nproc_below_one_is_refused_before_loading(tmp_path):
+    import subprocess
+    import sys
+    for cmd in (["compress", "no-such-model", "--method", "rtn", "-o", str(tmp_path / "o")],
+                ["run", str(tmp_path / "r.yaml")]):
+        r = subprocess.run([sys.executable, "-m", "compressor", *cmd, "--nproc", "0"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("error: --nproc 0: the number of ranks")
+    assert not (tmp_path / "o").exists()
