@@ -123,3 +123,52 @@ def check_loaded(model, loading: dict, path: Path) -> None:
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise UserError(f"checkpoint '{path}' holds NaN or Inf in {name}: the weights are "
                             "corrupt; download them again")
+
+
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+          "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def check_config(path: Path, available_bytes: int | None = None) -> None:
+    """Refuse an absurd ``path/config.json`` before transformers reads it (its own checks
+    divide by zero or build a model of any size): sizes that are not positive integers, heads
+    that do not divide the hidden size or the query heads, or a model
+    whose 16-bit weights would not fit ``available_bytes``."""
+    where = f"'{path}/config.json'"
+    try:
+        raw = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return   # absent (GGUF) or unreadable: AutoConfig names the problem
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} is not a JSON object; download the checkpoint again")
+    d = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+
+    class _Cfg:   # attribute view of the dict
+        def __getattr__(self, k):
+            return d.get(k)
+    cfg = _Cfg()
+    for key in _SIZES:
+        v = getattr(cfg, key, None)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{where}: {key} = {v!r} must be a positive integer; fix config.json "
+                            "or download the checkpoint again")
+    heads, kv = getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", None)
+    hidden = getattr(cfg, "hidden_size", None)
+    if heads and hidden and hidden % heads:
+        raise UserError(f"{where}: hidden_size {hidden} is not divisible by num_attention_heads "
+                        f"{heads}; fix config.json")
+    if heads and kv and heads % kv:
+        raise UserError(f"{where}: num_attention_heads {heads} is not divisible by "
+                        f"num_key_value_heads {kv}; fix config.json")
+    if available_bytes and hidden:
+        inter = getattr(cfg, "intermediate_size", None) or 4 * hidden
+        layers = getattr(cfg, "num_hidden_layers", None) or 1
+        vocab = getattr(cfg, "vocab_size", None) or 0
+        params = layers * (4 * hidden * hidden + 3 * hidden * inter) + 2 * vocab * hidden
+        if 2 * params > available_bytes:   # at least 16 bits a weight, before any work
+            raise UserError(f"{where} describes about {params / 1e9:.3g} B parameters "
+                            f"({2 * params / 2**30:.3g} GiB even in 16 bit), more than the "
+                            f"{available_bytes / 2**30:.3g} GiB available: use --stream, or fix "
+                            "config.json")

@@ -15,7 +15,7 @@ from compressor.safety.remote_code import check_remote_code
 
 from .architectures import decoder_layers
 from .device import checkpoint_dtype, resolve_device, resolve_dtype
-from .integrity import CONFIG_ERRORS, check_loaded, file_sha256
+from .integrity import CONFIG_ERRORS, check_config, check_loaded, file_sha256
 from .offline import drop_quantizer
 from .resolve import resolve_model
 
@@ -61,6 +61,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "auto", device: str = "cpu"
         check_remote_code(res.path, trust_remote_code)
     kw: dict[str, Any] = {"gguf_file": res.gguf_file} if res.gguf_file else {}
     kw["trust_remote_code"] = bool(trust_remote_code)
+    from compressor.safety.memory import available_bytes
+    check_config(res.path, available_bytes())
     try:
         config = AutoConfig.from_pretrained(res.path, **kw)
     except (OSError, *CONFIG_ERRORS) as e:
