@@ -401,7 +401,10 @@ def test_wrong_typed_config_field(world, run):
     (model / "config.json").write_text(json.dumps(cfg))
     r = run(["compress", model, "--method", "rtn", *FAST, "-o", world.root / "out"])
     assert r.code == 2
-    assert r.first_line.startswith(f"error: cannot read the model config in '{model.resolve()}'")
+    # refused before transformers reads it, naming the field (models/integrity.check_config)
+    assert r.first_line.startswith(f"error: '{model.resolve()}/config.json': num_hidden_layers = "
+                                   "'two' must be a positive integer")
+    assert not (world.root / "out").exists()
 
 
 def test_huge_nsamples_is_refused_before_calibrating(world, run, monkeypatch):
