@@ -26,7 +26,7 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.parts.lowrank import DensePart
 
-from .compressed_tensors import _classify, _compact
+from .compressed_tensors import _classify, _compact, _plain_state
 from .export import split_lowrank_paths
 from .gguf_blocks import gguf_type_for, q41_rounding, to_blocks
 from .load import load_compressed
@@ -236,14 +236,8 @@ def export_gguf(src: str | Path, dst: str | Path, force: bool = False, verify: b
     _tokenizer(w, src, cfg)
     comp = compressed_modules(model)
     types: dict[str, int] = {}
-    seen = set()
-    for k, t in model.state_dict().items():
-        if k.startswith(tuple(n + "." for n in comp)):
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if k == "lm_head.weight" and key in seen:     # tied head: llama.cpp reuses token_embd
-            continue
-        seen.add(key)
+    # each storage once: a tied head is left out, llama.cpp reuses token_embd
+    for k, t in _plain_state(model, tuple(n + "." for n in comp)).items():
         if not torch.isfinite(t.float()).all():
             raise UserError(f"cannot export to GGUF: {k} holds NaN/Inf; the source is corrupt")
         arr, raw = _float_array(t)

@@ -29,13 +29,13 @@ def export(src: Path = typer.Argument(..., help="an svdc output folder"),
     from compressor.safety.guard import guarded_output
     exporters = {"dense": export_dense, "peft-adapter": export_peft_adapter,
                  "compressed-tensors": export_compressed_tensors}
-    if fmt not in exporters and fmt != "gguf":
-        raise UserError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
-    if fmt == "gguf":
+    if fmt == "gguf":   # one file, guarded by gguf_export.check_gguf_output
         from compressor.checkpoint.gguf_export import export_gguf
         export_gguf(src, output, force, verify=not no_verify)
         console.print(f"wrote {output}")
         return
+    if fmt not in exporters:
+        raise UserError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
     with guarded_output(output, force, [src]):
         exporters[fmt](src, output, force, verify=not no_verify)
     console.print(f"wrote {output}/")

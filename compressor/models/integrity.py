@@ -143,19 +143,15 @@ def check_config(path: Path, available_bytes: int | None = None) -> None:
         raise UserError(f"{where} is not a JSON object; download the checkpoint again")
     d = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
 
-    class _Cfg:   # attribute view of the dict
-        def __getattr__(self, k):
-            return d.get(k)
-    cfg = _Cfg()
     for key in _SIZES:
-        v = getattr(cfg, key, None)
+        v = d.get(key)
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{where}: {key} = {v!r} must be a positive integer; fix config.json "
                             "or download the checkpoint again")
-    heads, kv = getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", None)
-    hidden = getattr(cfg, "hidden_size", None)
+    heads, kv = d.get("num_attention_heads"), d.get("num_key_value_heads")
+    hidden = d.get("hidden_size")
     if heads and hidden and hidden % heads:
         raise UserError(f"{where}: hidden_size {hidden} is not divisible by num_attention_heads "
                         f"{heads}; fix config.json")
@@ -163,9 +159,9 @@ def check_config(path: Path, available_bytes: int | None = None) -> None:
         raise UserError(f"{where}: num_attention_heads {heads} is not divisible by "
                         f"num_key_value_heads {kv}; fix config.json")
     if available_bytes and hidden:
-        inter = getattr(cfg, "intermediate_size", None) or 4 * hidden
-        layers = getattr(cfg, "num_hidden_layers", None) or 1
-        vocab = getattr(cfg, "vocab_size", None) or 0
+        inter = d.get("intermediate_size") or 4 * hidden
+        layers = d.get("num_hidden_layers") or 1
+        vocab = d.get("vocab_size") or 0
         params = layers * (4 * hidden * hidden + 3 * hidden * inter) + 2 * vocab * hidden
         if 2 * params > available_bytes:   # at least 16 bits a weight, before any work
             raise UserError(f"{where} describes about {params / 1e9:.3g} B parameters "
