@@ -1,11 +1,12 @@
 """The phases of one compress run, in order: set up, load, calibrate, plan, layers, heal,
 write. Each reads and fills one RunState, so api.compress reads as the list of phases.
 
-This is the one orchestrator for every mode. ``--stream`` changes two things only: the layer
+This is the one orchestrator for every mode. ``--stream`` changes one thing only: the layer
 source (the whole model resident, or a meta skeleton whose layers are read from the shards and
-freed: core/sources.py) and the writer (one file, or the per-layer checkpoints linked in as
-shards: checkpoint/stream_save.py). Ranks, resume, planning, gradients, heal, evaluation and
-the report run the same code in both.
+freed: core/sources.py). The one writer (checkpoint/save.py) takes a layer that is not in
+memory from its resume checkpoint, which holds the bytes writing it from memory gives, so both
+modes write the same files. Ranks, resume, planning, gradients, heal, evaluation and the
+report run the same code in both.
 """
 
 from __future__ import annotations
@@ -302,12 +303,7 @@ def write(run: RunState, force: bool, command: str) -> dict[str, Any]:
     with atomic_dir(run.output, force) as tmp:
         with run.timer("write"):
             extra = {"recipe_fingerprint": run.ckpt.fp}
-            if run.stream:
-                from compressor.checkpoint.stream_save import save_streamed
-                save_streamed(run.model, run.tokenizer, tmp, run.layers_path, run.layers,
-                              run.ckpt, run.storage_dtype, extra)
-            else:
-                save_compressed(run.model, run.tokenizer, tmp, run.storage_dtype, extra)
+            save_compressed(run.model, run.tokenizer, tmp, run.storage_dtype, extra, run.ckpt)
             (tmp / "recipe.yaml").write_text(dump_recipe(r))
             report["totals"] = totals(written_entries(tmp), run.target_names, run.before_targets,
                                       run.before_model)

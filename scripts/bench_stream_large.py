@@ -69,7 +69,9 @@ def main() -> None:
            "calibration_ran": rep["calibration"]["ran"],
            "output_bytes": rep["totals"]["model"]["bytes_after"],
            "stage_seconds": rep["stage_seconds"], "machine": rep["machine"],
-           "threads": os.environ.get("OMP_NUM_THREADS")}
+           "threads": os.environ.get("OMP_NUM_THREADS"),
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                    capture_output=True, text=True).stdout.strip()}
     print(json.dumps(row))
     with a.out.open("a") as f:
         f.write(json.dumps(row) + "\n")

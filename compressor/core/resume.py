@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from compressor.atomic import atomic_write_text
@@ -26,9 +26,13 @@ from compressor.core.layer_io import set_submodule
 from compressor.core.types import ModuleRecord
 from compressor.errors import UserError
 from compressor.parts import CompressedLinear
+from compressor.safetensors_io import Entry, tensor_entry, write_safetensors
 from compressor.safety.interrupt import note_checkpoints
 
 FINGERPRINT = "fingerprint.json"
+
+# one metadata key only: a second one would add nothing and every svdc weight file carries it
+WEIGHT_META = {"format": "pt"}
 
 
 def fingerprint(model_info: dict[str, Any], windows: torch.Tensor, recipe_json: str, version: str) -> str:
@@ -77,16 +81,16 @@ class LayerCheckpoints:
         """Layer i as it will be written: every tensor of the layer under its full name
         (``prefix`` + key; tensors outside the compressed linears in ``self.storage_dtype``),
         then its specs and report rows. A streamed run's writer takes these files as the
-        output's layer shards (checkpoint/stream_save.py)."""
+        output's layer shards (checkpoint/save.py), byte for byte what writing the layer
+        from memory gives."""
         tpath, jpath = self._paths(i)
         specs = {}
         for rel in rels:
             mod = layer.get_submodule(rel)
             assert isinstance(mod, CompressedLinear)
             specs[rel] = mod.spec()
-        tensors = layer_tensors(layer, prefix, self.storage_dtype)
         tmp = tpath.with_name(tpath.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        write_safetensors(tmp, layer_entries(layer, prefix, self.storage_dtype), WEIGHT_META)
         os.replace(tmp, tpath)
         atomic_write_text(jpath, json.dumps({"fingerprint": self.fp, "prefix": prefix,
                                              "specs": specs,
@@ -136,17 +140,17 @@ class LayerCheckpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def layer_tensors(layer: nn.Module, prefix: str, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A layer's state dict as written: full names; the compressed linears' parts in their own
+def layer_entries(layer: nn.Module, prefix: str, storage_dtype: torch.dtype) -> list[Entry]:
+    """A layer's tensors as written: full names; the compressed linears' parts in their own
     dtypes, every other floating tensor (norms, uncompressed linears) in ``storage_dtype``."""
     inside = tuple(rel + "." for rel, mod in layer.named_modules()
                    if isinstance(mod, CompressedLinear))
-    out = {}
+    out = []
     for k, t in layer.state_dict().items():
         t = t.detach().to("cpu")
         if t.is_floating_point() and not k.startswith(inside):
             t = t.to(storage_dtype)
-        out[prefix + k] = t.contiguous()
+        out.append(tensor_entry(prefix + k, t))
     return out
 
 

@@ -62,6 +62,15 @@ def _same_tensors(a: Path, b: Path) -> None:
         assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
 
 
+def _same_files(a: Path, b: Path) -> None:
+    """The same weight files, byte for byte, and the same index: one layout in every mode."""
+    assert _sha(a) == _sha(b)
+    index = "model.safetensors.index.json"
+    assert (a / index).is_file() == (b / index).is_file()
+    if (a / index).is_file():
+        assert (a / index).read_text() == (b / index).read_text()
+
+
 _VOLATILE = {"seconds", "stage_seconds", "peak_memory", "command", "machine", "model",
              "gradients", "streamed", "heal", "versions"}
 
@@ -73,6 +82,7 @@ def test_in_memory_and_streamed_are_the_same_run(tiny_model_dir, tmp_path, name)
     streamed = compress(parse_recipe(_data(tiny_model_dir, tmp_path / "stream", stages)),
                         stream=True)
     _same_tensors(whole.output, streamed.output)
+    _same_files(whole.output, streamed.output)
     ra, rb = whole.report, streamed.report
     assert rb["streamed"] is True and ra["streamed"] is False
     for k in set(ra) - _VOLATILE:
@@ -92,6 +102,29 @@ def test_in_memory_and_streamed_are_the_same_run(tiny_model_dir, tmp_path, name)
     for f in ("report.md", "report.json", "recipe.yaml", "config.json"):
         assert (streamed.output / f).is_file()
     assert not (tmp_path / ".stream.resume").exists()
+
+
+@pytest.mark.parametrize("name", ["gptq", "heal"])
+def test_large_outputs_are_one_shard_per_layer_in_both_modes(tiny_model_dir, tmp_path,
+                                                              monkeypatch, name):
+    """Above the shard size every mode writes a shard per decoder layer plus one for the rest
+    (a streamed run links its checkpoints in; in memory, or after heal, from memory): the same
+    files, and the folder loads."""
+    import compressor.checkpoint.save as save
+    monkeypatch.setattr(save, "SHARD_BYTES", 1)
+    stages = MATRIX[name]
+    whole = compress(parse_recipe(_data(tiny_model_dir, tmp_path / "whole", stages)))
+    streamed = compress(parse_recipe(_data(tiny_model_dir, tmp_path / "stream", stages)),
+                        stream=True)
+    names = sorted(p.name for p in whole.output.glob("*.safetensors"))
+    assert names == ["layer-00000.safetensors", "layer-00001.safetensors",
+                     "model-outside.safetensors"]
+    _same_files(whole.output, streamed.output)
+    _same_tensors(whole.output, streamed.output)
+    index = json.loads((whole.output / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(names)
+    assert all(k.startswith("model.layers.1.") for k, v in index["weight_map"].items()
+               if v == "layer-00001.safetensors")
 
 
 def test_streamed_gradients_equal_the_whole_model_pass(tiny_model_dir):
