@@ -1,6 +1,7 @@
 """One rank of tests/core/test_distributed.py: join the gloo group from torchrun's variables,
 run every recipe given as JSON on the command line (one process group for all of them), exit
-with 2 and print the error when compress() raises a UserError."""
+with 2 and print the error when compress() raises a UserError. An item ``{"recipe": R,
+"stream": true}`` runs R with ``--stream``."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def main() -> int:
     for data in recipes:
         if isinstance(data, list):          # per-rank recipes (the disagreement test)
             data = data[rank]
+        stream = bool(data.get("stream")) if "recipe" in data else False
+        data = data.get("recipe", data)
         try:
-            compress(parse_recipe(data, "test"))
+            compress(parse_recipe(data, "test"), stream=stream)
         except UserError as e:
             print(f"rank {rank}: {type(e).__name__}: {e}", flush=True)
             code = 2
