@@ -239,9 +239,8 @@ def layers(run: RunState, resume: bool) -> bool:
     if run.post_stages and dist.is_main:   # heal's windows and teacher, before compression
         with run.timer("heal_prepare"):
             run.heal_job = HealJob.prepare(run.post_stages[0], run.model, run.tokenizer,
-                                           run.windows, cal.dataset, cal.seed, run.device,
-                                           run.ckpt.folder, resume, run.progress,
-                                           dense_forward=_dense_forward(run))
+                                           run.windows, cal.dataset, run.context(run.ckpt),
+                                           resume, dense_forward=_dense_forward(run))
     with run.timer("layers"):
         windows = None if run.data_free else dist.shard(run.windows)
         ctx = run.context(resume=run.ckpt)
@@ -269,8 +268,7 @@ def heal(run: RunState, resume: bool) -> None:
             eval_before = evaluate_all(run.model, run.tokenizer, r, run.seqlen, run.device,
                                        run.progress)["perplexity"]
     with run.timer("heal"):
-        run.heal_report = run.heal_job.run(run.model, run.device, r.calibration.seed,
-                                           run.ckpt.folder, resume, run.progress)
+        run.heal_report = run.heal_job.run(run.model, run.context(run.ckpt), resume)
     run.heal_report["eval_before"] = eval_before
 
 

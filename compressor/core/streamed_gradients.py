@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,18 @@ from compressor.core.walk import LayerSource, walk_layers
 
 
 class _Boundaries:
-    """Each layer's input per window: in memory, or one safetensors file per layer."""
+    """Each layer's input per window (in memory, or one safetensors file per layer) and the
+    keyword arguments its forward took (masks, rotary tables: small, kept in memory)."""
 
     def __init__(self, folder: Path | None):
         self.folder, self.mem, self.bytes = folder, {}, 0
+        self.kwargs: dict[int, Any] = {}
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
 
-    def put(self, i: int, hidden: list[torch.Tensor]) -> None:
+    def put(self, i: int, hidden: list[torch.Tensor], kwargs: Any) -> None:
+        self.kwargs[i] = kwargs
         self.bytes += sum(h.numel() * h.element_size() for h in hidden)
         if self.folder is None:
             self.mem[i] = list(hidden)
@@ -68,6 +72,7 @@ class _Boundaries:
 
     def close(self) -> None:
         self.mem.clear()
+        self.kwargs.clear()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -96,24 +101,21 @@ def streamed_gradient_stats(model: nn.Module, layers_path: str, layers: nn.Modul
     need = (len(layers) + 1) * windows.numel() * hidden_size * dtype.itemsize
     on_disk = need > _available_bytes() // 4
     store = _Boundaries(scratch / f"gradients-rank{ctx.dist.rank}" if on_disk else None)
-    kwargs: dict[int, Any] = {}
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:
             p.requires_grad_(False)
 
         def keep(i, layer, hidden, kw, say):
-            store.put(i, hidden)
-            kwargs[i] = kw
+            store.put(i, hidden, kw)
 
         final = walk_layers(model, layers_path, layers, windows, ctx, source, keep,
                             name="gradients forward")
         half = dtype == torch.float16
         scale = FP16_LOSS_SCALE if half else 1.0
-        grads, bad = _head_gradients(model, layers_path, layers, windows, final, device, scale)
+        head = _head_gradients(model, layers_path, layers, windows, final, device, scale)
         del final
-        stats = _backward(model, layers_path, layers, target_names, want, ctx, source, store,
-                          kwargs, grads, scale, bad)
+        stats = _backward(layers_path, layers, target_names, want, ctx, source, store, head)
     finally:
         store.close()
         for p, flag in flags:
@@ -129,8 +131,17 @@ def streamed_gradient_stats(model: nn.Module, layers_path: str, layers: nn.Modul
     return stats, info
 
 
-def _head_gradients(model, layers_path, layers, windows, final, device, scale):
-    """∂(scale · loss of window j)/∂(final hidden state j) for every window, on the CPU."""
+@dataclass
+class _HeadGradients:
+    """∂(scale · loss of window j)/∂(final hidden state j) per window (CPU), the loss scale,
+    and whether any window's loss was not finite."""
+    grads: list[torch.Tensor]
+    scale: float
+    nonfinite: bool
+
+
+def _head_gradients(model, layers_path, layers, windows, final, device, scale) -> _HeadGradients:
+    """The head's output gradients, the model's layers replayed by their final outputs."""
     grads, bad = [], False
     move_all_but_layers(model, layers_path, device)
     try:
@@ -144,14 +155,16 @@ def _head_gradients(model, layers_path, layers, windows, final, device, scale):
             grads.append(h.grad.detach().to("cpu"))
     finally:
         move_all_but_layers(model, layers_path, "cpu")
-    return grads, bad
+    return _HeadGradients(grads, scale, bad)
 
 
-def _backward(model, layers_path, layers, target_names, want, ctx, source, store, kwargs,
-              grads, scale, bad):
+def _backward(layers_path: str, layers: nn.ModuleList, target_names: list[str], want: set[str],
+              ctx: PassContext, source: LayerSource, store: _Boundaries,
+              head: _HeadGradients) -> dict[str, dict[str, torch.Tensor]]:
     """Last layer to first: per-window weight gradients into the accumulators; the input
     gradient becomes the layer below's output gradient."""
     device, out = ctx.device, {}
+    grads, scale = head.grads, head.scale
     n = len(grads)
     ctx.progress.start("gradients backward", len(layers), "layer")
     for i in reversed(range(len(layers))):
@@ -173,12 +186,12 @@ def _backward(model, layers_path, layers, target_names, want, ctx, source, store
             with torch.enable_grad():
                 for j in range(n):
                     x = inputs[j].to(device).requires_grad_(True)
-                    y = layer(x, **kwargs[i])
+                    y = layer(x, **store.kwargs[i])
                     y = y[0] if isinstance(y, (tuple, list)) else y
                     y.backward(grads[j].to(device=device, dtype=y.dtype))
                     grads[j] = x.grad.detach().to("cpu")
             _check_counts(counts, by_param, n)
-            out.update(_finalize(buffers, by_param, want, n, bad))
+            out.update(_finalize(buffers, by_param, want, n, head.nonfinite))
         del inputs
         source.release(i, layer)
         ctx.progress.advance("gradients backward", 1, f"layer {i + 1}/{len(layers)}")

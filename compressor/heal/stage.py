@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compressor.core.context import PassContext
 from compressor.core.gradients import _on_device
 from compressor.core.registry import is_post_stage
 from compressor.core.stages import Stage
@@ -25,7 +26,7 @@ from compressor.heal.data import (
     teacher_topk,
 )
 from compressor.heal.trainer import heal
-from compressor.progress import NullProgress, ProgressSink
+from compressor.progress import ProgressSink
 
 TEACHER_FILE = "heal_teacher.safetensors"
 
@@ -50,14 +51,15 @@ class HealJob:
 
     @classmethod
     def prepare(cls, cfg: HealConfig, model: nn.Module, tokenizer, calib: torch.Tensor,
-                dataset: str, seed: int, device: torch.device, resume_folder: Path,
-                resume: bool, progress: ProgressSink | None = None,
+                dataset: str, ctx: PassContext, resume: bool,
                 dense_forward=None) -> "HealJob":
         """Training windows (never the evaluation split) and, for ``loss: kl``, the teacher's
-        top-k cache computed on ``model`` as it is now (uncompressed). ``dense_forward``
-        (windows -> context manager), when given, is how the model produces those logits
-        (a streamed run's replayed forward); else the model runs on ``device`` as it is."""
-        progress = progress or NullProgress()
+        top-k cache computed on ``model`` as it is now (uncompressed). ``ctx``: device, seed,
+        progress and the run's checkpoints (their folder keeps the cache for --resume).
+        ``dense_forward`` (windows -> context manager), when given, is how the model produces
+        those logits (a streamed run's replayed forward); else the model runs on the device."""
+        seed, device, progress = ctx.seed, ctx.device, ctx.progress
+        resume_folder = ctx.resume.folder
         seqlen = cfg.seqlen or int(calib.shape[1])
         if cfg.windows == "disjoint":
             windows, info = heal_windows(tokenizer, dataset, cfg.nsamples, seqlen, seed, calib)
@@ -76,10 +78,10 @@ class HealJob:
                                "seconds": round(time.perf_counter() - t0, 3)}
         return cls(cfg, windows, teacher, info)
 
-    def run(self, model: nn.Module, device: torch.device, seed: int, resume_folder: Path,
-            resume: bool, progress: ProgressSink | None = None) -> dict[str, Any]:
-        """Train (progress: step i/N, loss, ETA); returns the report's ``heal`` section."""
-        progress = progress or NullProgress()
+    def run(self, model: nn.Module, ctx: PassContext, resume: bool) -> dict[str, Any]:
+        """Train (progress: step i/N, loss, ETA); returns the report's ``heal`` section.
+        ``ctx``: device, seed, progress and the checkpoints whose folder holds heal's state."""
+        device, seed, progress, resume_folder = ctx.device, ctx.seed, ctx.progress, ctx.resume.folder
         progress.start("heal", self.cfg.steps, "step")
 
         def on_step(i: int, n: int, loss: float) -> None:
