@@ -18,7 +18,9 @@ import torch  # noqa: F401  (imported before the baseline, like the CLI)
 import transformers  # noqa: F401
 
 import compressor.core.pipeline as pipeline
-import compressor.core.streaming as streaming
+import compressor.core.sources as sources
+import compressor.core.walk as walk
+import compressor.phases as phases
 
 _phase, _peaks, _after = [""], {}, {}
 
@@ -69,22 +71,26 @@ def main() -> None:
     a = ap.parse_args()
     stage = {"method": a.method, **{k: json.loads(v) if v[:1].isdigit() else v
                                     for k, v in (s.split("=", 1) for s in a.set)}}
-    _wrap(streaming.LayerStream, "load", lambda x: f"layer {x[1]} read" if x[1] < 2 else "later layers: read")
-    _wrap(streaming.LayerStream, "release", lambda x: f"layer {x[1]} write+free" if x[1] < 2 else "later layers: write+free")
-    _wrap(pipeline, "capture_inputs", lambda x: "capture the layer-0 inputs")
+    _wrap(sources.StreamedLayers, "load",
+          lambda x: f"layer {x[1]} read" if x[1] < 2 else "later layers: read")
+    _wrap(sources.StreamedLayers, "release",
+          lambda x: f"layer {x[1]} checkpoint+free" if x[1] < 2 else "later layers: checkpoint+free")
+    _wrap(walk, "capture_inputs", lambda x: "capture the layer-0 inputs")
     _wrap(pipeline, "compress_layer", lambda x: "a layer's Grams and compressed linears, between steps")
     _wrap(pipeline, "calibrate_groups", lambda x: "calibrate (Grams)")
-    _wrap(pipeline, "propagate", lambda x: "propagate")
-    _wrap(streaming, "_write_outside", lambda x: "write embeddings, head, index, config (hashes)")
+    _wrap(walk, "propagate", lambda x: "propagate")
+    _wrap(phases, "save_compressed", lambda x: "write the output (layers from checkpoints, embeddings, head, config)")
     _wrap(pipeline, "compress_linear", _linear_label)
+    from compressor.api import compress
     from compressor.recipe import parse_recipe
     base = _rss()
     _phase[0] = "setup (config, tokenizer, calibration text, skeleton, embeddings, head)"
     threading.Thread(target=_sample, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
-        streaming.stream_compress(parse_recipe({
+        compress(parse_recipe({
             "model": a.model, "output": f"{tmp}/out", "stages": [stage],
-            "calibration": {"dataset": "builtin", "nsamples": 2, "seqlen": 32, "seed": 0}}))
+            "calibration": {"dataset": "builtin", "nsamples": 2, "seqlen": 32, "seed": 0}}),
+            stream=True)
     peak = _hwm()
     print(f"{'step':64s} {'peak MB':>8s} {'after MB':>8s}")
     print(f"{'after imports (baseline)':64s} {base / 1e6:8.0f}")
