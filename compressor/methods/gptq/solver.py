@@ -51,40 +51,46 @@ def prepare_hessian(gram: Tensor, percdamp: float = 0.01, act_order: bool = Fals
     Scaling ``gram`` by any c > 0 (per-token vs per-sequence normalization, the factor 2 of
     the squared loss) changes nothing downstream: damping is relative to the diagonal and
     GPTQ uses only ratios of Hinv entries.
+
+    Memory: at most about 2.5 float64 in×in matrices at a time (the damped H is built
+    already reversed and dropped once factored, rebuilt from ``gram`` only on a retry).
     """
-    H = gram.detach().to(device=device if device is not None else gram.device,
-                         dtype=torch.float64, copy=True)
-    in_f = H.shape[0]
-    if H.ndim != 2 or H.shape[1] != in_f or not bool(torch.isfinite(H).all()):
-        raise ValueError(f"GPTQ: gram must be a finite square matrix, got {tuple(H.shape)}; "
+    dev = device if device is not None else gram.device
+    in_f = gram.shape[0]
+    if gram.ndim != 2 or gram.shape[1] != in_f or not bool(torch.isfinite(gram).all()):
+        raise ValueError(f"GPTQ: gram must be a finite square matrix, got {tuple(gram.shape)}; "
                         "recollect calibration statistics.")
-    diag = torch.diagonal(H)
-    dead = diag == 0
-    diag[dead] = 1.0                     # no coupling: Hinv row of a dead column is e_j
+    G = gram.detach().to(dev)
+    undamped = torch.diagonal(G).to(torch.float64)
+    dead = undamped == 0
+    undamped[dead] = 1.0                 # no coupling: Hinv row of a dead column is e_j
     perm = None
     if act_order:
-        perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
-        H = H[perm][:, perm]
-    undamped = torch.diagonal(H).clone()
+        perm = torch.argsort(undamped, descending=True, stable=True)
+        undamped = undamped[perm]
     base = undamped.mean().clamp(min=1e-8)   # a gram's diagonal is >= 0
     damp, retries = percdamp * base, 0
-    # H + damp·I is formed in place on H's diagonal (from the undamped one on each try).
+    # reversed column order: with J the reversal, J H J = L Lᵀ gives H^-1 = (J L^-1 J)ᵀ
+    # (J L^-1 J), and J L^-1 J is upper triangular: one Cholesky and one triangular inverse,
+    # not Cholesky, inverse and a second Cholesky.
+    rev = (perm if perm is not None else torch.arange(in_f, device=dev)).flip(0)
     while True:      # the upper Cholesky factor of H^-1, as in the paper
-        # With J the reversal, J H J = L Lᵀ gives H^-1 = (J L^-1 J)ᵀ (J L^-1 J), and J L^-1 J
-        # is upper triangular: one Cholesky and one triangular inverse, not Cholesky, inverse
-        # and a second Cholesky.
-        torch.diagonal(H).copy_(undamped + damp)
-        L, err = torch.linalg.cholesky_ex(H.flip(0, 1))
+        Hf = G[rev][:, rev].to(torch.float64)     # J H J (permuted), gathered exactly
+        torch.diagonal(Hf).copy_((undamped + damp).flip(0))
+        L, err = torch.linalg.cholesky_ex(Hf)
+        del Hf
         if int(err) == 0:
-            Hinv = lower_triangular_inverse(L).flip(0, 1)
+            inv = lower_triangular_inverse(L)
             del L
-            if bool(torch.isfinite(Hinv).all()):
+            if bool(torch.isfinite(inv).all()):
+                hinv = inv.float().flip(0, 1)
                 break
+            del inv
         if retries >= max_retries:
             raise ValueError(f"GPTQ: Hessian not positive definite even with damping {float(damp):.3g}; "
                             "raise percdamp or use more calibration data.")
         damp, retries = damp * 10, retries + 1
-    return GPTQHessian(Hinv.float(), perm, dead, gram.diagonal().detach().float().clone().to(H.device),
+    return GPTQHessian(hinv, perm, dead, gram.diagonal().detach().float().clone().to(dev),
                        float(damp), percdamp, retries)
 
 
