@@ -113,6 +113,7 @@ def setup(recipe: Recipe, output: Path, progress: ProgressSink | None,
           stream: bool = False) -> RunState:
     """Device, ranks (a no-op alone) and the stages, before anything loads."""
     from compressor.models import resolve_device
+    check_fisher_path(recipe.gradients.fisher_file)
     device = resolve_device(recipe.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -125,6 +126,24 @@ def setup(recipe: Recipe, output: Path, progress: ProgressSink | None,
     run.stages, run.post_stages = split_post_stages(list(recipe.stages))   # order: stage_rules
     run.needs = stage_needs(run.stages)
     return run
+
+
+def check_fisher_path(path: str | None) -> None:
+    """--fisher-file is read when it is a file and written when it does not exist: anything
+    else (a folder, a device, a dangling link) is refused before any work."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise UserError(f"--fisher-file {path} is a dangling symbolic link; pass a file path "
+                        f"(it is written there when it does not exist)")
+    if p.exists() and not p.is_file():
+        raise UserError(f"--fisher-file {path} is not a file (a folder?); pass a file path, "
+                        f"e.g. {p / 'fisher.safetensors'} (it is written there when it does not "
+                        f"exist)")
+    if not p.exists() and not p.parent.is_dir():
+        raise UserError(f"--fisher-file {path}: its folder {p.parent} does not exist; create it "
+                        f"or pass a path in an existing folder")
 
 
 def load(run: RunState, trust_remote_code: bool) -> None:

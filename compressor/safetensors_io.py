@@ -15,7 +15,6 @@ does, so every tensor starts at an offset aligned to its width.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,24 +53,27 @@ def tensor_entry(name: str, t: torch.Tensor) -> Entry:
     return Entry(name, DTYPES[t.dtype], tuple(t.shape), t.numel() * t.element_size(), tensor=t)
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """A safetensors file's header (the JSON mapping) and where its data starts."""
+def read_header(path: Path, fix: str = "re-create it") -> tuple[dict, int]:
+    """A safetensors file's header (the JSON mapping) and where its data starts; a UserError
+    naming the file and ``fix`` when the length, the JSON or its shape is wrong. The one
+    header parser: checkpoints read as input (models/integrity.py) and svdc's own files."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-        if len(head) != 8:
-            raise UserError(f"{path}: not a safetensors file (shorter than its header length)")
-        (n,) = struct.unpack("<Q", head)
-        if n > _HEADER_MAX or n > os.fstat(f.fileno()).st_size - 8:
-            raise UserError(f"{path}: not a safetensors file (header length {n} is beyond the "
-                            f"file); the file is corrupt, re-create it")
+        if len(head) < 8:
+            raise UserError(f"weights file '{path}' is truncated ({size} bytes): {fix}")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > min(size - 8, _HEADER_MAX):
+            raise UserError(f"weights file '{path}' is corrupt or truncated (bad safetensors "
+                            f"header): {fix}")
         try:
             header = json.loads(f.read(n))
-        except ValueError as e:
-            raise UserError(f"{path}: safetensors header is not JSON ({e}); the file is "
-                            f"corrupt, re-create it") from None
+        except ValueError:
+            raise UserError(f"weights file '{path}' is corrupt (unreadable safetensors header): "
+                            f"{fix}") from None
     if not isinstance(header, dict):
-        raise UserError(f"{path}: safetensors header is not a mapping; the file is corrupt, "
-                        f"re-create it")
+        raise UserError(f"weights file '{path}' is corrupt (its safetensors header is a JSON "
+                        f"{type(header).__name__}, not a mapping): {fix}")
     return header, 8 + n
 
 
@@ -86,9 +88,9 @@ def file_entries(path: Path) -> list[Entry]:
             a, b = (int(x) for x in h["data_offsets"])
             out.append(Entry(name, str(h["dtype"]), tuple(int(s) for s in h["shape"]), b - a,
                              path=Path(path), offset=start + a))
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{path}: malformed safetensors entry {name!r} ({e}); the file is "
-                            f"corrupt, re-create it") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"weights file '{path}' is corrupt (bad tensor table entry "
+                            f"{name!r}: {e}): re-create it") from None
     return out
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from compressor.errors import UserError
+from compressor.safetensors_io import read_header
 
 
 def _config_errors() -> tuple[type[BaseException], ...]:
@@ -63,29 +64,17 @@ def check_weights(folder: Path) -> list[Path]:
 
 def check_safetensors_file(path: Path) -> None:
     """Raise a UserError naming ``path`` if its header is unreadable or its data truncated."""
-    size = path.stat().st_size
     fix = "delete it and download / save the checkpoint again"
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise UserError(f"weights file '{path}' is truncated ({size} bytes): {fix}")
-        n = int.from_bytes(head, "little")
-        if n <= 0 or n > size - 8:
-            raise UserError(f"weights file '{path}' is corrupt or truncated (bad safetensors "
-                            f"header): {fix}")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise UserError(f"weights file '{path}' is corrupt (unreadable safetensors header): "
-                            f"{fix}") from e
+    header, start = read_header(path, fix)
     try:
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
                   default=0)
-    except (TypeError, KeyError, ValueError, IndexError) as e:
+    except (TypeError, KeyError, ValueError, IndexError, AttributeError) as e:
         raise UserError(f"weights file '{path}' is corrupt (bad tensor table): {fix}") from e
-    if 8 + n + end > size:
+    size = path.stat().st_size
+    if start + end > size:
         raise UserError(f"weights file '{path}' is truncated: {size} bytes on disk, "
-                        f"{8 + n + end} expected: {fix}")
+                        f"{start + end} expected: {fix}")
 
 
 def check_gguf_magic(path: Path) -> None:

@@ -28,3 +28,21 @@ def test_saved_then_reused_then_refused_when_stale(tiny_model_dir, tmp_path):
     assert a == b, "reused statistics must give the same tensors"
     with pytest.raises(UserError, match="recompute"):
         compress(_recipe(tiny_model_dir, tmp_path / "c", fisher, seed=5))
+
+
+@pytest.mark.parametrize("case", ["folder", "dangling", "no-parent"])
+def test_a_fisher_path_that_is_not_a_file_is_refused_before_any_work(tiny_model_dir, tmp_path,
+                                                                     monkeypatch, case):
+    import compressor.phases as phases
+    monkeypatch.setattr(phases, "load", lambda *a: pytest.fail("loaded before refusing"))
+    fisher = tmp_path / "f"
+    if case == "folder":
+        fisher.mkdir()
+    elif case == "dangling":
+        fisher.symlink_to(tmp_path / "gone")
+    else:
+        fisher = tmp_path / "nowhere" / "f.safetensors"
+    with pytest.raises(UserError, match="--fisher-file") as e:
+        compress(_recipe(tiny_model_dir, tmp_path / "out", fisher))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "gone").exists()

@@ -29,5 +29,21 @@ def test_broken_checkpoint_is_refused_in_one_line(tiny_model_dir, tmp_path, case
     assert "\n" not in str(e.value) and key in str(e.value)
 
 
+@pytest.mark.parametrize("header", [b"[1,2,3]", b'"text"', b'{"w": [1]}', b'{"w": {"x": 1}}'])
+def test_a_safetensors_header_of_the_wrong_shape_is_one_line(tiny_model_dir, tmp_path, header):
+    """Valid JSON that is not a tensor table (a list, a string, entries without offsets)."""
+    import struct
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:])
+    with pytest.raises(UserError, match="is corrupt") as e:
+        load_model(str(folder))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
 def test_whole_checkpoint_loads(tiny_model_dir):
     load_model(str(tiny_model_dir))
