@@ -50,7 +50,14 @@ class ShardReader:
         out = {}
         for n in names:
             with safe_open(str(self.folder / self.where[n]), framework="pt") as f:
-                out[n] = f.get_tensor(n).clone()
+                t = f.get_tensor(n).clone()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                # a streamed read is the checkpoint's first use: the in-memory loader's
+                # finiteness check (models/integrity.check_loaded), tensor by tensor
+                raise UserError(f"checkpoint tensor {n} ({self.folder / self.where[n]}) holds "
+                                f"NaN or Inf: the checkpoint is corrupt; re-create or download "
+                                f"it again")
+            out[n] = t
         return out
 
     def with_prefix(self, prefix: str) -> list[str]:

@@ -47,3 +47,21 @@ def test_a_safetensors_header_of_the_wrong_shape_is_one_line(tiny_model_dir, tmp
 
 def test_whole_checkpoint_loads(tiny_model_dir):
     load_model(str(tiny_model_dir))
+
+
+@pytest.mark.parametrize("key", ["model.layers.1.mlp.down_proj.weight", "model.norm.weight"])
+def test_a_streamed_read_refuses_nan_like_the_whole_load(tiny_model_dir, tmp_path, key):
+    """--stream never loads the model whole: each tensor is checked as it is read."""
+    from compressor.api import compress
+    from compressor.recipe import parse_recipe
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    st = load_file(folder / "model.safetensors")
+    st[key].view(-1)[0] = float("nan")
+    save_file(st, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    recipe = parse_recipe({"model": str(folder), "output": str(tmp_path / "out"),
+                           "stages": [{"method": "rtn", "bits": 4, "group_size": 32}]})
+    with pytest.raises(UserError, match="NaN or Inf") as e:
+        compress(recipe, stream=True)
+    assert "\n" not in str(e.value) and key in str(e.value)
+    assert not (tmp_path / "out").exists()
