@@ -25,7 +25,7 @@ from compressor.primitives.linalg import rank_from_ratio, singular_values
 class LowRankConfig(MethodConfig):
     """Fields every low-rank method accepts."""
 
-    ratio: float = Field(0.2, ge=0.0, lt=1.0, description=(
+    ratio: float = Field(0.2, gt=0.0, lt=1.0, description=(
         "Fraction of each target matrix's parameters removed (0.2 keeps 80%); the rank is "
         "floor((1-ratio)*m*n/(m+n)). Ignored when `rank` is set."))
     rank: int | None = Field(None, ge=1, description=(

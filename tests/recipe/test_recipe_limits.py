@@ -102,3 +102,13 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, monkeypatch):
         cli.main()
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert e.value.code == 2 and len(err) == 1 and "alias" in err[0], err
+
+
+@pytest.mark.parametrize("method", ["svd", "whitened-svd", "welore", "cospadi", "lost"])
+def test_ratio_zero_is_refused_when_the_recipe_is_read(method):
+    """A ratio that removes nothing is refused before any work (it was refused only at the
+    first layer, after loading and calibrating)."""
+    from compressor.errors import UserError
+    from compressor.recipe import parse_recipe
+    with pytest.raises((UserError, ValueError), match="ratio"):
+        parse_recipe({"model": "m", "stages": [{"method": method, "ratio": 0}]})

@@ -11,7 +11,7 @@ from compressor.core.method import MethodConfig
 
 class CoSpaDiConfig(MethodConfig):
     method: Literal["cospadi"] = "cospadi"
-    ratio: float = Field(0.2, ge=0.0, lt=1.0, description=(
+    ratio: float = Field(0.2, gt=0.0, lt=1.0, description=(
         "Fraction of each target matrix's parameters removed (0.2 keeps 80%), counting the "
         "dictionary, the code values and the code supports (bit masks or indices, "
         "whichever is smaller, at their byte size)."))

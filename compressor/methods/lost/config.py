@@ -11,7 +11,7 @@ from compressor.core.method import MethodConfig
 
 class LOSTConfig(MethodConfig):
     method: Literal["lost"] = "lost"
-    ratio: float = Field(0.2, ge=0.0, lt=1.0, description=(
+    ratio: float = Field(0.2, gt=0.0, lt=1.0, description=(
         "Fraction of each target matrix's parameters removed (0.2 keeps 80%), counting the "
         "low-rank factors, the kept channels and their indices."))
     sparse_frac: float | None = Field(None, ge=0.0, lt=1.0, description=(
