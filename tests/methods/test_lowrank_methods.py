@@ -76,9 +76,11 @@ def test_rank_without_saving_is_refused():
     assert out.info["rank"] == largest
     with pytest.raises(UserError, match=rf"up_proj.*<= {largest}"):
         run("svd", make_target(w), rank=largest + 1)
-    w_sq = torch.randn(32, 32, generator=gen(0))   # ratio 0: 16*(64) == 1024, no saving
+    w_sq = torch.randn(32, 32, generator=gen(0))   # rank 16: 16*(64) == 1024, no saving
     with pytest.raises(UserError, match="no saving"):
-        run("svd", make_target(w_sq), ratio=0.0)
+        run("svd", make_target(w_sq), rank=16)
+    with pytest.raises(ValidationError):           # ratio 0 removes nothing: refused up front
+        REGISTRY["svd"].Config(ratio=0.0)
 
 
 def test_bad_config_is_rejected():
