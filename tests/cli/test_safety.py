@@ -425,10 +425,12 @@ def test_disk_full_is_one_line_and_leaves_nothing(world, run, monkeypatch):
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(out) + "/model.safetensors")
-    monkeypatch.setattr(save, "save_file", full)
+    monkeypatch.setattr(save, "write_safetensors", full)   # the final write; layers are kept
     r = run(compress_args(world, "-o", out))
     assert r.code == 2
     assert r.first_line.startswith("error: no space left on the device writing ")
+    assert r.first_line.endswith("; 2 finished layers are checkpointed, rerun the same command "
+                                 "with --resume to continue")
     assert not out.exists() and list(world.root.glob(".out*")) == [world.root / ".out.resume"]
 
 
