@@ -13,6 +13,7 @@ import torch
 
 from compressor import phases
 from compressor.core.distributed import env_rank
+from compressor.core.resume import discard_unfinished, resume_dir_for
 from compressor.errors import UserError
 from compressor.progress import ProgressSink
 from compressor.recipe import Recipe
@@ -30,7 +31,9 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
              progress: ProgressSink | None = None, command: str = "",
              keep_model: bool = False, trust_remote_code: bool = False,
              recipe_file: str | Path | None = None, stream: bool = False) -> CompressResult:
-    """Check the output before anything loads, then hold its lock for the whole run.
+    """Check the output (and the names svdc makes beside it) before anything loads, then
+    hold its lock for the whole run; a run that fails before any layer is finished leaves no
+    resume folder.
     ``stream``: read and write one decoder layer at a time (models larger than RAM); every
     method, stage and option runs the same (phases.py)."""
     if not recipe.model:
@@ -42,11 +45,17 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         return _compress(recipe, output, force=force, resume=resume, progress=progress,
                          command=command, keep_model=keep_model,
                          trust_remote_code=trust_remote_code, stream=stream)
-    with guarded_output(output, force, inputs_of(recipe.model, recipe_file, recipe.calibration.dataset,
-                                                 recipe.gradients.fisher_file)):
-        return _compress(recipe, output, force=force, resume=resume, progress=progress,
-                         command=command, keep_model=keep_model,
-                         trust_remote_code=trust_remote_code, stream=stream)
+    uses = (recipe.model, recipe_file, recipe.calibration.dataset, recipe.gradients.fisher_file)
+    with guarded_output(output, force, inputs_of(*uses), uses=uses):
+        try:
+            return _compress(recipe, output, force=force, resume=resume, progress=progress,
+                             command=command, keep_model=keep_model,
+                             trust_remote_code=trust_remote_code, stream=stream)
+        except BaseException:
+            # an error, Ctrl-C or SIGTERM before a layer finished strands nothing (after one,
+            # the folder stays for --resume and the CLI's message says so)
+            discard_unfinished(resume_dir_for(output))
+            raise
 
 
 def _compress(recipe: Recipe, output: Path, *, force: bool, resume: bool,

@@ -37,6 +37,12 @@ def _error(text: str, label: str = "error", color: str = "red") -> None:
                   soft_wrap=True, highlight=False)
 
 
+def _kept(text: str) -> str:
+    """An error after some layers were checkpointed says that --resume continues (unless the
+    message is itself about --resume)."""
+    return text if "--resume" in text else text + interrupt.resume_hint()
+
+
 def _click_exceptions() -> tuple[tuple, tuple, tuple, tuple]:
     """(Exit, Abort, UsageError, ClickException) classes: typer >= 0.2x raises those of its
     vendored click (typer._click), older typer those of standalone click; catch both."""
@@ -115,14 +121,15 @@ def main() -> None:
     except UserError as e:
         if debug:
             raise
-        _error(str(e))
+        _error(_kept(str(e)))
         sys.exit(getattr(e, "exit_code", EXIT_USER))
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into one line
         if debug:
             raise
         msg = user_message(e)
         if msg is not None:
-            _error(msg)
+            _error(_kept(msg))
             sys.exit(EXIT_USER)
-        _error(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", "internal error")
+        _error(_kept(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)"),
+               "internal error")
         sys.exit(EXIT_INTERNAL)

@@ -28,6 +28,7 @@ from compressor.errors import UserError
 from compressor.parts import CompressedLinear
 from compressor.safetensors_io import Entry, tensor_entry, write_safetensors
 from compressor.safety.interrupt import note_checkpoints
+from compressor.safety.links import check_own_path
 
 FINGERPRINT = "fingerprint.json"
 
@@ -55,7 +56,9 @@ class LayerCheckpoints:
         self.storage_dtype = storage_dtype
         self.resumed_layers = 0
         marker = folder / FINGERPRINT
+        check_own_path(folder, "folder")            # a planted link: refused, not deleted
         if folder.exists() and resume:
+            _refuse_links_inside(folder)
             if not marker.is_file():
                 raise UserError(f"cannot resume: {folder} holds no fingerprint; rerun without --resume")
             old = _read_json(marker).get("fingerprint")
@@ -65,11 +68,10 @@ class LayerCheckpoints:
                 raise UserError(f"cannot resume: the checkpoints in {folder} were made with a different "
                                 f"model, calibration data or recipe (fingerprint {old[:12]} != {fp[:12]}); "
                                 f"rerun without --resume to start over")
-        elif folder.exists():
-            shutil.rmtree(folder)
         elif resume:
             raise UserError(f"cannot resume: no checkpoints at {folder}; rerun without --resume")
-        folder.mkdir(parents=True, exist_ok=True)
+        else:
+            _fresh_folder(folder)
         atomic_write_text(marker, json.dumps({"fingerprint": fp}))
         note_checkpoints(folder)
 
@@ -138,6 +140,34 @@ class LayerCheckpoints:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _fresh_folder(folder: Path) -> None:
+    """An empty folder made by this run: an earlier run's is deleted (it is a real folder,
+    checked), then the name is created exclusively, so nothing planted meanwhile is used."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir()
+
+
+def _refuse_links_inside(folder: Path) -> None:
+    """A resumed folder is read and written into: a link in it would be followed."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise UserError(f"cannot resume: {os.path.join(root, name)} is a symbolic link; "
+                                f"svdc never follows links in its resume folder: rerun without "
+                                f"--resume to start over")
+
+
+def discard_unfinished(folder: Path) -> bool:
+    """After a failed run: drop the resume folder unless a layer in it is finished (then
+    --resume continues from it), so an early failure strands nothing. Never a link."""
+    if folder.is_symlink() or not folder.is_dir() or any(folder.glob("layer_*.json")):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def layer_entries(layer: nn.Module, prefix: str, storage_dtype: torch.dtype) -> list[Entry]:

@@ -44,9 +44,13 @@ def exit_code() -> int:
     return 143 if _state["signal"] == "SIGTERM" else 130
 
 
+def resume_hint() -> str:
+    """What a failed or stopped run kept: '' unless some layers are checkpointed."""
+    n = checkpointed_layers()
+    return (f"; {n} finished layer{'s are' if n != 1 else ' is'} checkpointed, rerun the same "
+            f"command with --resume to continue" if n else "")
+
+
 def message() -> str:
     what = "terminated (SIGTERM)" if _state["signal"] == "SIGTERM" else "interrupted"
-    n = checkpointed_layers()
-    kept = (f"; {n} finished layer{'s are' if n != 1 else ' is'} checkpointed, rerun the same "
-            f"command with --resume to continue" if n else "")
-    return f"{what}: no output folder was written{kept}"
+    return f"{what}: no output folder was written{resume_hint()}"

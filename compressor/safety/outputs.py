@@ -15,6 +15,8 @@ from pathlib import Path
 
 from compressor.errors import UserError
 
+from .links import check_output_link
+
 
 def _config(folder: Path) -> dict | None:
     try:
@@ -64,6 +66,7 @@ def check_writable(target: Path) -> None:
 def check_output_path(target: Path, force: bool, protected: Iterable[Path] = ()) -> None:
     """Refuse an output that cannot be written or must not be replaced; create nothing but
     the parent folders. ``protected``: the run's inputs (model, recipe, calibration file)."""
+    check_output_link(target)
     resolved = target.expanduser().resolve()
     cwd = Path.cwd().resolve()
     if _within(cwd, resolved):

@@ -429,6 +429,8 @@ def test_disk_full_is_one_line_and_leaves_nothing(world, run, monkeypatch):
     r = run(compress_args(world, "-o", out))
     assert r.code == 2
     assert r.first_line.startswith("error: no space left on the device writing ")
+    assert r.first_line.endswith("; 2 finished layers are checkpointed, rerun the same command "
+                                 "with --resume to continue")
     assert not out.exists() and list(world.root.glob(".out*")) == [world.root / ".out.resume"]
 
 
