@@ -45,7 +45,8 @@ def compress(recipe: Recipe, *, force: bool = False, resume: bool = False,
         return _compress(recipe, output, force=force, resume=resume, progress=progress,
                          command=command, keep_model=keep_model,
                          trust_remote_code=trust_remote_code, stream=stream)
-    uses = (recipe.model, recipe_file, recipe.calibration.dataset, recipe.gradients.fisher_file)
+    uses = (recipe.model, recipe_file, recipe.calibration.dataset, recipe.gradients.fisher_file,
+            *(getattr(s, "measures_file", None) for s in recipe.stages))
     with guarded_output(output, force, inputs_of(*uses), uses=uses):
         try:
             return _compress(recipe, output, force=force, resume=resume, progress=progress,

@@ -33,6 +33,7 @@ from compressor.core.distributed import Distributed, run_on_main
 from compressor.core.gradients import GRAD_STATS
 from compressor.core.pipeline import CompressJob, compress_pass, numerics_summary
 from compressor.core.planning import planning_pass
+from compressor.core.plan_cache import load_measures, measures_key, save_measures
 from compressor.core.resume import LayerCheckpoints, fingerprint, resume_dir_for
 from compressor.core.shards import is_resident
 from compressor.core.sources import InMemoryLayers, StreamedLayers
@@ -234,14 +235,34 @@ def plan(run: RunState) -> None:
                   if run.grad_stats else None)
         measures: dict[int, Any] = {}
         if not run.data_free:
+            stored = _stored_measures(run)
             measures, plan_pass_s = planning_pass(run.model, run.layers,
                                                   run.dist.shard(run.windows), run.job(),
-                                                  run.context(), run.source)
+                                                  run.context(), run.source,
+                                                  skip=frozenset(k for k, _, m in stored if m))
             if measures:
                 run.timer.seconds["plan.data_pass"] = plan_pass_s
+            for k, key, m in stored:
+                if m is not None:
+                    measures[k] = m
+                elif run.dist.is_main:
+                    save_measures(run.stages[k].cfg.measures_file, key, measures[k])
         for k, st in enumerate(run.stages):
             st.plan = st.method.run_plan(weights, st.cfg, fisher, dtype=run.storage_dtype,
                                          measures=measures.get(k)) or {}
+
+
+def _stored_measures(run: RunState) -> list[tuple[int, str, dict[str, Any] | None]]:
+    """(stage index, key, measures or None) for each stage with a ``measures_file``: read
+    when the file was made for this model, calibration and menu (core/plan_cache.py)."""
+    out = []
+    for k, st in enumerate(run.stages):
+        path = getattr(st.cfg, "measures_file", None)
+        if path and st.method.plan_needs_for(st.cfg):
+            key = measures_key(run.minfo, run.windows, st.method.pricing(st.cfg),
+                               run.storage_dtype, run.recipe.calibration.seed)
+            out.append((k, key, load_measures(path, key)))
+    return out
 
 
 def layers(run: RunState, resume: bool) -> bool:

@@ -9,6 +9,8 @@ from typing import Any
 
 from compressor.heal.report import markdown as heal_markdown
 from compressor.heal.report import plots as heal_plots
+from compressor.methods.plan.report import markdown as plan_markdown
+from compressor.methods.plan.report import plots as plan_plots
 
 log = logging.getLogger("svdc")
 
@@ -81,6 +83,7 @@ def markdown(report: dict[str, Any]) -> str:
             got = "n/a" if e["got"] is None else f"{e['got']:.4g}"
             lines.append(f"| {e['metric']} | {e['value']:.4g} | {e['tol']:.3g} | {got} | {'✓' if e['ok'] else '✗'} |")
     lines += heal_markdown(report)   # heal section (empty without a heal stage)
+    lines += plan_markdown(report)   # plan section (empty without a plan stage)
     lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---:|"]
     for k, v in report["stage_seconds"].items():
         lines.append(f"| {k} | {v:.2f} |")
@@ -150,6 +153,7 @@ def plots(report: dict[str, Any], folder: Path) -> list[str]:
         plt.close(fig)
         out.append(name)
     out += heal_plots(report, folder)   # heal_loss.png when a heal stage trained
+    out += plan_plots(report, folder)   # plan_per_layer.png when a plan stage chose
     return out
 
 

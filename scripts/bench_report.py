@@ -399,7 +399,12 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
          "Low-rank factors are stored in the model dtype, float32 here: a 16-bit model halves their cost.", ""]
     if dense_ppl:
         L += [f"Dense reference: perplexity **{dense_ppl:.3f}** on these windows.", ""]
-    L += ["## Headline", "", "| method | vs | ppl (dense " + _f(dense_ppl, 2) + ") | baseline ppl | beats baseline? |",
+    L += _frontier(md_path.parent)
+    L += ["## History: each method against its own baseline (float32 conversion)", "",
+          "Superseded as the headline by the frontier above: these rows store factors in float32, "
+          "come from the code states named in each row's details below, and compare each "
+          "method only with its own baseline at its own budget.", "",
+          "| method | vs | ppl (dense " + _f(dense_ppl, 2) + ") | baseline ppl | beats baseline? |",
           "|---|---|---:|---:|---|"]
     for c2 in matrix.get("comparisons", []):
         for p2 in c2["pairs"]:
@@ -463,6 +468,18 @@ def write_markdown(matrix: dict[str, Any], results: dict[str, Any], out_dir: Pat
     L += ["", "## Every row: command, machine, versions, calibration, evaluation", ""] + _details(rows + others) + [""]
     L += _measured(out_dir)
     md_path.write_text("\n".join(L))
+
+
+def _frontier(root: Path) -> list[str]:
+    """The headline: benchmarks/frontier.md as scripts/frontier.py wrote it (one code state,
+    every method and the planner against bits per weight)."""
+    f = root / "benchmarks" / "frontier.md"
+    if not f.is_file():
+        return ["## Headline: the frontier", "", "Not run yet: `python scripts/frontier.py`.", ""]
+    return ["## Headline: the frontier (perplexity against bits per weight)", "",
+            "Regenerate: `python scripts/frontier.py` (rows), `python scripts/frontier.py "
+            "--report-only` (this table and benchmarks/frontier.png).", "",
+            f.read_text().rstrip("\n"), ""]
 
 
 def _measured(out_dir: Path) -> list[str]:

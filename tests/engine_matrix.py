@@ -20,6 +20,12 @@ MATRIX = {
                 "block_sizes": [64]}],
     "cospadi": [{"method": "cospadi", "ratio": 0.3}],
     "lost": [{"method": "lost", "ratio": 0.3}],
+    "plan": [{"method": "plan", "bits": 5.0, "menu": [
+        {"method": "gptq", "bits": 3, "group_size": 32}, {"method": "gptq", "bits": 4, "group_size": 32},
+        [{"method": "gptq", "bits": 3, "group_size": 32}, {"method": "eora", "rank": 4}],
+        {"method": "whitened-svd", "ratio": 0.3, "lowrank_bits": 8},
+        {"method": "gwq", "bits": 3, "group_size": 32, "outlier_frac": 0.01},
+        {"method": "dense"}]}],
     "heal": [{"method": "whitened-svd", "ratio": 0.3}, {"method": "heal", "steps": 2,
                                                          "nsamples": 2}],
 }

@@ -66,6 +66,11 @@ def _print_summary(report: dict[str, Any], output: Path) -> None:
         raise typer.Exit(3)
 
 
+# The stage options that have their own compress flag; every other option is --set key=value
+# (`svdc methods X` says which).
+STAGE_FLAGS = ("bits", "rank", "ratio", "group_size", "sparsity", "compensation", "lowrank_bits",
+               "outlier_frac", "sparse_frac", "atoms_per_column", "allocation")
+
 STREAM_HELP = "read and write one decoder layer at a time (models larger than RAM)"
 TRUST_HELP = ("run Python code shipped in the model folder (config auto_map); only for "
               "folders you trust")
@@ -101,6 +106,10 @@ def compress(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="output folder (default out/<model>-<method>)"),
     base: Optional[str] = typer.Option(None, help="base stage for compensation methods (eora): gptq, rtn, prune, svd"),
     bits: Optional[float] = typer.Option(None, help="bits per weight (quantizers) or average budget (lqlora)"),
+    target_bits: Optional[float] = typer.Option(None, "--target-bits", help=(
+        "a size budget instead of a method: each matrix gets the menu candidate (GPTQ, "
+        "+EoRA, GWQ, LQ-LoRA NF, 8-bit-factor SVD, dense) an ILP picks so the written bits "
+        "per weight are at most this (the plan stage; `svdc methods plan`)")),
     rank: Optional[int] = typer.Option(None, help="rank (overrides --ratio)"),
     ratio: Optional[float] = typer.Option(None, help="fraction of the target parameters removed (0.2 keeps 80%)"),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="quantization group size (-1: per row)"),
@@ -140,10 +149,13 @@ def compress(
 ) -> None:
     """Compress MODEL with one method (from flags) or a recipe's stages."""
     _maybe_launch(nproc)
-    params = {"bits": bits, "rank": rank, "ratio": ratio, "group_size": group_size,
-              "sparsity": sparsity, "compensation": compensation, "lowrank_bits": lowrank_bits,
-              "outlier_frac": outlier_frac, "sparse_frac": sparse_frac,
-              "atoms_per_column": atoms_per_column, "allocation": allocation, **parse_set(set_)}
+    method, bits = _target_bits(target_bits, method, bits)
+    flags = {"bits": bits, "rank": rank, "ratio": ratio, "group_size": group_size,
+             "sparsity": sparsity, "compensation": compensation, "lowrank_bits": lowrank_bits,
+             "outlier_frac": outlier_frac, "sparse_frac": sparse_frac,
+             "atoms_per_column": atoms_per_column, "allocation": allocation}
+    assert set(flags) == set(STAGE_FLAGS)
+    params = {**flags, **parse_set(set_)}
     if bits is not None and float(bits).is_integer():
         params["bits"] = int(bits)
     data = _stages_data(method, recipe, base, params, heal_steps)
@@ -172,6 +184,19 @@ def compress(
     if output_errors is not None:
         data["output_errors"] = output_errors
     _run(parse_recipe(data, "command line"), force, resume, trust_remote_code, recipe, stream)
+
+
+def _target_bits(target_bits: float | None, method: str | None, bits: float | None
+                 ) -> tuple[str | None, float | None]:
+    """--target-bits B is --method plan --bits B, the one way to ask for a size budget."""
+    if target_bits is None:
+        return method, bits
+    if method not in (None, "plan"):
+        raise UserError(f"--target-bits chooses the methods itself; drop --method {method} "
+                        f"(or pass --method {method} --bits B for that method alone)")
+    if bits is not None:
+        raise UserError("--target-bits is the budget; drop --bits")
+    return "plan", target_bits
 
 
 def _stages_data(method: str | None, recipe: Path | None, base: str | None,

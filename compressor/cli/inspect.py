@@ -83,4 +83,35 @@ def inspect(src: Path = typer.Argument(..., help="an svdc output folder"),
             console.print(f"integrity: {len(hashes)} weight file(s) match their recorded sha256")
     else:
         console.print("integrity: no sha256 recorded (written by an older svdc); nothing to verify")
-    _report(src)
+    report = _report(src)
+    if report:
+        _plan(report)
+
+
+_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red", "white", "bright_black")
+
+
+def _plan(report: dict[str, Any]) -> None:
+    """A plan's choice: candidates by share of the weights, then bits per layer as one
+    coloured bar per matrix (the report's plan_per_layer.png, in the terminal)."""
+    from compressor.methods.plan.report import method_of, planned_rows, summary
+    rows = planned_rows(report)
+    if not rows:
+        return
+    tab = Table(title="plan: the candidate each matrix got")
+    for col, just in (("candidate", "left"), ("matrices", "right"), ("weights", "right")):
+        tab.add_column(col, justify=just)
+    for cand, n, share in summary(rows):
+        tab.add_row(escape(cand), str(n), f"{share:.1%}")
+    console.print(tab)
+    methods = sorted({method_of(r["info"]["candidate"]) for r in rows})
+    colour = {m: _COLOURS[k % len(_COLOURS)] for k, m in enumerate(methods)}
+    console.print("bits per weight by layer (one bar per matrix, 1 block = 1 bit): "
+                  + "  ".join(f"[{colour[m]}]■ {escape(m)}[/]" for m in methods), soft_wrap=True)
+    by_layer: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_layer.setdefault(r["layer"], []).append(r)
+    for layer, rs in sorted(by_layer.items()):
+        bars = " ".join(f"[{colour[method_of(r['info']['candidate'])]}]"
+                        f"{'█' * max(1, round(r['info'].get('bits_per_weight', 0)))}[/]" for r in rs)
+        console.print(f"layer {layer:>3} {bars}", soft_wrap=True, highlight=False)

@@ -12,6 +12,23 @@ from compressor.console import console
 from .app import app
 
 
+def _how(field: str) -> str:
+    """How compress takes the option: its own flag, else --set key=value (a recipe takes
+    every option as the key itself)."""
+    from .compress import STAGE_FLAGS
+    return "--" + field.replace("_", "-") if field in STAGE_FLAGS else f"--set {field}=..."
+
+
+def _default(info) -> str:
+    if info.is_required():
+        return "required"
+    if info.default_factory is not None:
+        value = info.default_factory()
+        text = repr(value)
+        return text if len(text) <= 40 else f"{type(value).__name__} of {len(value)} (see help)"
+    return repr(info.default)
+
+
 @app.command()
 def methods(name: Optional[str] = typer.Argument(None, help="show one method's options")) -> None:
     """List the compressors, or one compressor's options with their help."""
@@ -23,7 +40,9 @@ def methods(name: Optional[str] = typer.Argument(None, help="show one method's o
         for c in ("option", "default", "help"):
             tab.add_column(c)
         for f, info in cls.Config.model_fields.items():
-            tab.add_row("--" + f.replace("_", "-"), repr(info.default), info.description or "")
+            if f == "method":
+                continue
+            tab.add_row(_how(f), _default(info), info.description or "")
         console.print(tab)
         return
     tab = Table(title="svdc methods")

@@ -21,18 +21,23 @@ from compressor.parts.base import CompressedLinear
 _BLOCK = 1 << 24   # float32 elements of output_error's product per block (64 MB)
 
 
-def output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
+def output_error(delta: torch.Tensor, gram: torch.Tensor,
+                 row_weight: torch.Tensor | None = None) -> float:
     """tr(ΔW G ΔWᵀ): the summed squared output error over the calibration tokens. The
     products run in float32 (the Gram's own precision; float64 doubled the report's cost),
     over blocks of ΔW's rows so the scratch stays bounded (a 7B down_proj's full product is
-    180 MB), each block's sum in float64."""
+    180 MB), each block's sum in float64. ``row_weight`` (out,): tr(D ΔW G ΔWᵀ) with
+    D = diag(row_weight), e.g. the output channels' Fisher (an estimate of the loss increase
+    that compares matrices of different layers in one unit)."""
     g = gram.detach().to(device=delta.device, dtype=torch.float32)
     rows, n = delta.shape
     rb = max(1, min(rows, _BLOCK // max(n, 1)))
+    wr = None if row_weight is None else row_weight.detach().to(delta.device, torch.float64)
     total = 0.0
     for r in range(0, rows, rb):
         d = delta[r:r + rb].detach().float()
-        total += float(((d @ g) * d).sum(dtype=torch.float64))
+        per_row = ((d @ g) * d).sum(1, dtype=torch.float64)
+        total += float(per_row.sum() if wr is None else (per_row * wr[r:r + rb]).sum())
     return total
 
 

@@ -58,7 +58,7 @@ def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
         target = Target(name=name, layer_index=layer_index, kind=kind, weight=w, bias=bias,
                         stats=stats,
                         generator=module_generator(ctx.seed, f"{stage.name}:{name}", device),
-                        dtype=dtype, plan=stage.plan.get(name, {}))
+                        dtype=dtype, plan=stage.plan.get(name, {}), seed=ctx.seed)
         result = stage.method.run(target, stage.cfg, previous)
         previous = result.module
         for k, v in result.info.items():

@@ -16,7 +16,8 @@ from compressor.core.walk import LayerSource, walk_layers
 
 
 def planning_pass(model, layers, windows: torch.Tensor, job: CompressJob, ctx: PassContext,
-                  source: LayerSource) -> tuple[dict[int, dict[str, Any]], float]:
+                  source: LayerSource, skip: frozenset[int] = frozenset()
+                  ) -> tuple[dict[int, dict[str, Any]], float]:
     """Calibration statistics of the *uncompressed* model for the stages whose global plan
     needs data (``Method.plan_needs_for``): returns ({stage index: {target: measure}}, seconds).
 
@@ -24,9 +25,11 @@ def planning_pass(model, layers, windows: torch.Tensor, job: CompressJob, ctx: P
     ranks), every asking stage reduces them with ``plan_measure`` (an error table, a
     spectrum), and the statistics are dropped before the next layer, so memory holds one
     layer's Gram matrices at a time. Cost: one forward pass of the model over the
-    calibration windows plus the stages' own measures.
+    calibration windows plus the stages' own measures. ``skip``: stages whose measures were
+    read from their measures file (core/plan_cache.py).
     """
-    asking = {k: st for k, st in enumerate(job.stages) if st.method.plan_needs_for(st.cfg)}
+    asking = {k: st for k, st in enumerate(job.stages)
+              if k not in skip and st.method.plan_needs_for(st.cfg)}
     if not asking:
         return {}, 0.0
     t0 = time.perf_counter()
@@ -50,7 +53,7 @@ def planning_pass(model, layers, windows: torch.Tensor, job: CompressJob, ctx: P
                                 bias=bias, stats=stats,
                                 generator=module_generator(ctx.seed, f"plan:{st.name}:{full}",
                                                            ctx.device),
-                                dtype=ctx.storage_dtype or linear.weight.dtype)
+                                dtype=ctx.storage_dtype or linear.weight.dtype, seed=ctx.seed)
                 out[k][full] = st.method.run_plan_measure(target, st.cfg)
 
     walk_layers(model, job.layers_path, layers, windows, ctx, source, visit, name="plan")

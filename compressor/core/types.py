@@ -44,6 +44,7 @@ class Target:
     generator: torch.Generator      # seeded from (seed, name): randomized routines use it
     dtype: torch.dtype              # storage dtype for floating tensors of the parts
     plan: dict[str, Any] = field(default_factory=dict)  # from the method's global pass
+    seed: int = 0                   # the run's seed (a stage running other stages seeds them)
 
 
 @dataclass

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compressor.core.method import Method, MethodConfig
 from compressor.core.types import Compressed, Target
 from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import DensePart, LowRankPart
+from compressor.parts.qlowrank import QuantLowRankPart
 from compressor.primitives.allocation import welore_ranks
 from compressor.primitives.linalg import rank_from_ratio, singular_values
 
@@ -35,6 +36,19 @@ class LowRankConfig(MethodConfig):
         "(one global budget; heavy-tailed spectra get low ranks, flat ones stay dense)."))
     svd_method: Literal["full", "randomized"] = Field("full", description=(
         "'full' SVD (exact) or 'randomized' (seeded range finder; faster for small ranks)."))
+    lowrank_bits: int | None = Field(None, ge=2, le=8, description=(
+        "Store both factors as group-wise uniform codes of this many bits (None: in the "
+        "model's dtype). The budget then counts bytes: `ratio` is the fraction of the "
+        "matrix's bytes removed, so 8-bit factors buy about twice the rank."))
+    lowrank_group_size: int = Field(64, ge=1, description=(
+        "Group size of the factors' codes (groups run along each factor's input axis)."))
+
+    @model_validator(mode="after")
+    def _bytes_budget(self) -> "LowRankConfig":
+        if self.lowrank_bits is not None and self.allocation == "welore":
+            raise ValueError("allocation 'welore' counts parameters, lowrank_bits counts bytes: "
+                             "use allocation 'uniform' with lowrank_bits")
+        return self
 
 
 class LowRankMethod(Method):
@@ -94,6 +108,8 @@ class LowRankMethod(Method):
             if "rank" not in target.plan:
                 raise ValueError(f"{target.name}: no WeLore rank in the plan (plan() not run?)")
             return target.plan["rank"]
+        if getattr(cfg, "lowrank_bits", None) is not None:
+            return _rank_in_bytes(target, cfg)
         rank = cfg.rank if getattr(cfg, "rank", None) is not None else \
             rank_from_ratio(m, n, cfg.ratio, name=target.name)
         if rank * (m + n) >= m * n:
@@ -115,7 +131,45 @@ class LowRankMethod(Method):
             return Compressed(CompressedLinear(m, n, [part], target.bias),
                               {**base, "rank": None, "kept_params": part.stored_numel()})
         A, B, info = self.factorize(target, cfg, rank)
-        part = LowRankPart(A.to(target.dtype), B.to(target.dtype))
+        if getattr(cfg, "lowrank_bits", None) is None:   # (WeLore's config has no such field)
+            part = LowRankPart(A.to(target.dtype), B.to(target.dtype))
+        else:
+            part = QuantLowRankPart.from_factors(A, B, cfg.lowrank_bits, cfg.lowrank_group_size)
+            info = {**info, "lowrank_bits": cfg.lowrank_bits}
         return Compressed(CompressedLinear(m, n, [part], target.bias),
                           {**base, "rank": rank, "kept_params": part.stored_numel(),
                            "svd_method": cfg.svd_method, **info})
+
+
+def quantized_factor_bytes(m: int, n: int, rank: int, cfg: Any) -> int:
+    """Bytes of rank-``rank`` factors at ``cfg.lowrank_bits``, counted from the part itself
+    (built on the meta device: codes, scales and zeros as a checkpoint stores them)."""
+    spec = {"type": "qlowrank", "out": m, "in": n, "rank": rank, "bits": cfg.lowrank_bits,
+            "group_size": cfg.lowrank_group_size, "sym": False}
+    with torch.device("meta"):
+        return QuantLowRankPart.from_spec(spec, torch.float16).stored_bytes()
+
+
+def _rank_in_bytes(target: Target, cfg: Any) -> int:
+    """The rank whose quantized factors keep at most (1 - ratio) of the matrix's bytes in its
+    storage dtype (an explicit rank: checked to save bytes)."""
+    m, n = target.weight.shape
+    dense = m * n * torch.empty((), dtype=target.dtype).element_size()
+    if getattr(cfg, "rank", None) is not None:
+        rank = cfg.rank
+        if rank > min(m, n) or quantized_factor_bytes(m, n, rank, cfg) >= dense:
+            raise UserError(f"rank {rank} for {target.name} ({m}x{n}) at {cfg.lowrank_bits}-bit "
+                            f"factors is no smaller than the dense matrix: lower the rank")
+        return rank
+    keep = (1.0 - cfg.ratio) * dense
+    lo, hi = 0, min(m, n)
+    while lo < hi:                 # the largest rank that fits (bytes grow with the rank)
+        mid = (lo + hi + 1) // 2
+        if quantized_factor_bytes(m, n, mid, cfg) <= keep:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo < 1:
+        raise UserError(f"ratio {cfg.ratio} leaves no rank for {target.name} ({m}x{n}) at "
+                        f"{cfg.lowrank_bits}-bit factors: lower the ratio")
+    return lo

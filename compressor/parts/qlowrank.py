@@ -39,6 +39,21 @@ class QuantLowRankPart(Part):
         """From the quantized factors A (rank, in) and B (out, rank)."""
         return cls(UniformQuantPart.from_quant(qa), UniformQuantPart.from_quant(qb))
 
+    @classmethod
+    def from_factors(cls, a: torch.Tensor, b: torch.Tensor, bits: int, group_size: int
+                     ) -> "QuantLowRankPart":
+        """Group-wise RTN codes of A (rank, in) and B (out, rank), groups along each factor's
+        input axis, after moving the scale between them so each rank-1 term's A row and B
+        column have the same norm (B·A unchanged; neither factor's groups then mix columns
+        of very different size)."""
+        from compressor.primitives.grids import quantize_rtn
+        a, b = a.float(), b.float()
+        na, nb = a.norm(dim=1), b.norm(dim=0)
+        d = torch.where((na > 0) & (nb > 0), (na / nb.clamp_min(1e-30)).sqrt(), torch.ones_like(na))
+        a, b = a / d[:, None], b * d[None, :]
+        return cls.from_quant(quantize_rtn(a, bits, group_size=group_size),
+                              quantize_rtn(b, bits, group_size=group_size))
+
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Dequantized (A, B), float32 (e.g. for a LoRA adapter export)."""
         return self.qa.dense(), self.qb.dense()

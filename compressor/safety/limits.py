@@ -29,9 +29,10 @@ def calibration_seqlen(cal: Any, model_config: Any) -> int:
 
 def rank_bound(cfg: Any, m: int, n: int) -> int:
     """The largest rank a stage accepts for an m x n matrix: one that still saves parameters
-    for a pure low-rank method, the smaller dimension for a compensation path."""
+    for a pure low-rank method with float factors, the smaller dimension otherwise (quantized
+    factors are checked in bytes when the rank is chosen)."""
     from compressor.methods.lowrank_family import LowRankConfig
-    if isinstance(cfg, LowRankConfig):
+    if isinstance(cfg, LowRankConfig) and cfg.lowrank_bits is None:
         return (m * n - 1) // (m + n)
     return min(m, n)
 

@@ -151,3 +151,45 @@ def test_whitened_lost_on_few_tokens_says_so_and_still_runs(tiny_model_dir, tmp_
     said = " ".join((out + err).split())          # rich wraps the line to the terminal
     assert "lost whiten=true: 64 calibration tokens for inputs up to 96 wide" in said
     assert said.count("calibration tokens for inputs") == 1
+
+
+def test_methods_says_how_each_option_is_passed(capsys, monkeypatch):
+    """An option with a compress flag shows the flag; every other one --set key=...; a shown
+    flag exists on `svdc compress`."""
+    import re
+
+    from compressor.cli.compress import STAGE_FLAGS
+    from compressor.core.registry import get_method, method_names
+    code, help_out, help_err = run_cli(["compress", "--help"], capsys, monkeypatch)
+    help_out += help_err
+    for name in method_names():
+        code, out, err = run_cli(["methods", name], capsys, monkeypatch)
+        assert code == 0
+        text = out + err
+        shown = set(re.findall(r"│ (--[a-z-]+)(?: |=)", text))
+        for flag in shown - {"--set"}:
+            assert flag[2:].replace("-", "_") in STAGE_FLAGS and flag in help_out, (name, flag)
+    code, out, err = run_cli(["methods", "eora"], capsys, monkeypatch)
+    out += err
+    assert "--set eig_floor=..." in out and "--rank" in out
+    code, out, err = run_cli(["methods", "plan"], capsys, monkeypatch)
+    out += err
+    assert "required" in out and "PydanticUndefined" not in out and "--set menu=..." in out
+
+
+def test_target_bits_is_the_plan_stage(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    code, out, err = run_cli(["compress", str(tiny_model_dir), "--target-bits", "4",
+                              "--method", "gptq", "-o", str(tmp_path / "x")], capsys, monkeypatch)
+    assert code == 2 and "--target-bits chooses the methods itself" in err
+    code, out, err = run_cli(["compress", str(tiny_model_dir), "--target-bits", "1", *FAST,
+                              "-o", str(tmp_path / "y")], capsys, monkeypatch)
+    assert code == 2 and "below the cheapest menu mix" in err and not (tmp_path / "y").exists()
+    menu = "menu=[{method: gptq, bits: 3, group_size: 32}, {method: gptq, bits: 4, group_size: 32}]"
+    code, out, err = run_cli(["compress", str(tiny_model_dir), "--target-bits", "5", *FAST,
+                              "--set", menu, "-o", str(tmp_path / "z")], capsys, monkeypatch)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "z" / "report.json").read_text())
+    assert rep["recipe"]["stages"][0]["method"] == "plan"
+    assert rep["totals"]["targets"]["bits_per_weight"] <= 5
+    code, out, err = run_cli(["inspect", str(tmp_path / "z")], capsys, monkeypatch)
+    assert code == 0 and "plan: the candidate each matrix got" in out + err

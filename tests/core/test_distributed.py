@@ -146,7 +146,7 @@ def runs(tiny_model_dir, tmp_path_factory):
 
 
 # methods whose codes come from rounding: a rank's float32-ulp Gram difference may flip a tie
-QUANTIZERS = {"rtn", "gptq", "gptq-true-sequential", "gwq"}
+QUANTIZERS = {"rtn", "gptq", "gptq-true-sequential", "gwq", "plan"}
 # CoSpaDi's dictionary alternation carries the ulps further (measured 1.4e-4 worst)
 REL_TOL = {"cospadi": 5e-4}
 
@@ -159,6 +159,9 @@ def _compare(a_dir: Path, b_dir: Path, method: str) -> dict:
     n_compressed = flipped = total = 0
     worst = 0.0
     bits = next((st["bits"] for st in METHODS[method] if "bits" in st), 4)
+    if method == "plan":   # the coarsest grid on its menu bounds a flipped code's step
+        entries = [e if isinstance(e, list) else [e] for e in METHODS[method][0]["menu"]]
+        bits = min(st["bits"] for e in entries for st in e if "bits" in st)
     for name, ma in a.named_modules():
         mb = mods_b[name]
         if not isinstance(ma, CompressedLinear):

@@ -14,11 +14,11 @@ from compressor.methods.lqlora.budget import (
     NFConfig,
     candidate_configs,
     config_bits,
-    ilp_allocate,
     nf_quantizer,
 )
 from compressor.methods.lqlora.decompose import lq_decompose
 from compressor.primitives.grids import dequantize_nf, quantize_nf
+from compressor.primitives.knapsack import ilp_allocate
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 import compressor.primitives.linalg as linalg
-from compressor.primitives.grids import UniformQ, quantize_rtn
 from compressor.primitives.linalg import check_rank
 
 
@@ -105,10 +104,3 @@ def svd_compensation(delta: torch.Tensor, rank: int
     resid = float((delta.double() - b.double() @ a.double()).pow(2).sum()) / total \
         if total > 0 else 0.0
     return a, b, {"frobenius_residual": resid}
-
-
-def quantize_factors(a: torch.Tensor, b: torch.Tensor, bits: int, group_size: int
-                     ) -> tuple[UniformQ, UniformQ]:
-    """Group-wise RTN codes for both factors (groups run along each factor's input axis)."""
-    return (quantize_rtn(a, bits, group_size=group_size),
-            quantize_rtn(b, bits, group_size=group_size))

@@ -57,8 +57,7 @@ class EoRA(Method):
         if cfg.lowrank_bits is None:
             part = LowRankPart(a.to(target.dtype), b.to(target.dtype))
         else:
-            qa, qb = eora.quantize_factors(a, b, cfg.lowrank_bits, cfg.lowrank_group_size)
-            part = QuantLowRankPart.from_quant(qa, qb)
+            part = QuantLowRankPart.from_factors(a, b, cfg.lowrank_bits, cfg.lowrank_group_size)
         # Errors of what is actually stored (dtype cast / quantized factors included).
         ref = output_error(w, gram)
         before = relative_output_error(delta, w, gram, ref) ** 2

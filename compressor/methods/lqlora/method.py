@@ -32,7 +32,6 @@ from compressor.methods.lqlora.budget import (
     NFConfig,
     candidate_configs,
     config_bits,
-    ilp_allocate,
     nf_gptq_quantizer,
     nf_quantizer,
 )
@@ -40,6 +39,7 @@ from compressor.methods.lqlora.decompose import Quantizer, lq_decompose, lq_plan
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.quantized import NFQuantPart
+from compressor.primitives.knapsack import ilp_allocate
 from compressor.primitives.linalg import check_rank, whitening
 
 from .config import LQLoRAConfig
