@@ -39,21 +39,30 @@ COMMON = ["--calib", "builtin", "--nsamples", "8", "--seqlen", "512", "--seed", 
           "--eval", "builtin", "--eval-windows", "16", "--force"]
 NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
 
-# (id, family, flags): each method at its natural budgets; the planner at B = 3 .. 6.
+# (id, family, flags): the planner at B = 3 .. 6 first (the first planner row prices the menu),
+# then each single method at its natural budgets, the slowest last.
 ROWS: list[tuple[str, str, list[str]]] = [
-    ("rtn-w3-g128", "rtn", ["--method", "rtn", "--bits", "3", "--group-size", "128"]),
-    ("rtn-w4-g128", "rtn", ["--method", "rtn", "--bits", "4", "--group-size", "128"]),
-    ("rtn-w8-g128", "rtn", ["--method", "rtn", "--bits", "8", "--group-size", "128"]),
+    (f"plan-b{b:g}", "plan", ["--target-bits", f"{b:g}", "--set",
+                              f"measures_file={OUT / 'menu.json'}"])
+    for b in (4, 3, 3.5, 5, 6)
+] + [
     ("gptq-w2-g64", "gptq", ["--method", "gptq", "--bits", "2", "--group-size", "64"]),
     ("gptq-w3-g128", "gptq", ["--method", "gptq", "--bits", "3", "--group-size", "128"]),
     ("gptq-w3-g64", "gptq", ["--method", "gptq", "--bits", "3", "--group-size", "64"]),
     ("gptq-w4-g128", "gptq", ["--method", "gptq", "--bits", "4", "--group-size", "128"]),
     ("gptq-w4-g64", "gptq", ["--method", "gptq", "--bits", "4", "--group-size", "64"]),
+    ("gptq-w4-g32", "gptq", ["--method", "gptq", "--bits", "4", "--group-size", "32"]),
+    ("rtn-w3-g128", "rtn", ["--method", "rtn", "--bits", "3", "--group-size", "128"]),
+    ("rtn-w4-g128", "rtn", ["--method", "rtn", "--bits", "4", "--group-size", "128"]),
+    # SmolLM2's weights come from a Q4_1 g32 file: 4-bit g32 is (nearly) its own grid
+    ("rtn-w4-g32", "rtn", ["--method", "rtn", "--bits", "4", "--group-size", "32"]),
+    ("rtn-w8-g128", "rtn", ["--method", "rtn", "--bits", "8", "--group-size", "128"]),
     ("gwq-w3-o1", "gwq", ["--method", "gwq", "--bits", "3", "--group-size", "128",
                           "--outlier-frac", "0.01"]),
     ("eora-gptq-w3-r32", "eora", ["--method", "eora", "--base", "gptq", "--bits", "3",
                                   "--group-size", "128", "--rank", "32"]),
-    ("lqlora-b3.5-r8", "lqlora", ["--method", "lqlora", "--bits", "3.5", "--rank", "8"]),
+    ("eora-gptq-w4-r8", "eora", ["--method", "eora", "--base", "gptq", "--bits", "4",
+                                 "--group-size", "128", "--rank", "8"]),
     ("wsvd-r0.2", "lowrank-16", ["--method", "whitened-svd", "--ratio", "0.2"]),
     ("wsvd-r0.2-f8", "lowrank-8", ["--method", "whitened-svd", "--ratio", "0.2",
                                    "--lowrank-bits", "8"]),
@@ -61,19 +70,23 @@ ROWS: list[tuple[str, str, list[str]]] = [
                                    "--lowrank-bits", "8"]),
     ("fwsvd-r0.2", "lowrank-16", ["--method", "fwsvd", "--ratio", "0.2"]),
     ("fwsvd-r0.2-f8", "lowrank-8", ["--method", "fwsvd", "--ratio", "0.2", "--lowrank-bits", "8"]),
+    # LQ-LoRA's own ILP over a 2x2 menu (NF3/NF4, blocks 64/128): its full 4x5 menu takes
+    # over an hour here
+    ("lqlora-b3.5-r8", "lqlora", ["--method", "lqlora", "--bits", "3.5", "--rank", "8",
+                                  "--set", "nf_bits=[3,4]", "--set", "block_sizes=[64,128]"]),
     ("cospadi-r0.2", "cospadi", ["--method", "cospadi", "--ratio", "0.2"]),
     ("lost-r0.2", "lost", ["--method", "lost", "--ratio", "0.2"]),
-] + [(f"plan-b{b:g}", "plan", ["--target-bits", f"{b:g}", "--set",
-                                f"measures_file={OUT / 'menu.json'}"])
-     for b in (3, 3.5, 4, 5, 6)]
+]
 
 
 def _commit() -> str:
-    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+    """The code state that made a row: the git tree of compressor/ (what runs; a change to
+    this script or the docs does not change it), '+dirty' when compressor/ has local edits."""
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD:compressor"],
                        capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "compressor"],
                            capture_output=True, text=True).stdout.strip()
-    return r.stdout.strip() + ("+dirty" if dirty else "")
+    return "tree " + r.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def news_text() -> Path:
@@ -166,7 +179,7 @@ def report(rows: dict[str, dict]) -> None:
     dense = rows.get("dense", {})
     commits = sorted({r["commit"] for r in ok})
     lines = [f"`scripts/frontier.py` on `{MODEL}` (fp32 compute, **bfloat16 storage**: dense is "
-             f"16 bits per weight), code state{'s' if len(commits) > 1 else ''} "
+             f"16 bits per weight), code state{'s' if len(commits) > 1 else ''} (git tree of compressor/) "
              f"{', '.join(f'`{c}`' for c in commits)}. Calibration 8×512 builtin tokens (seed 0); "
              f"perplexity on the first 16 windows of 512 tokens of the builtin test split and of "
              f"the news text (`lee_background.cor`, gensim 4.4.0 wheel, not in this repository). "
