@@ -44,7 +44,7 @@ from compressor.models import resolve_storage_dtype
 from compressor.progress import NullProgress, ProgressSink
 from compressor.recipe import Recipe, dump_recipe
 from compressor.report import write_report
-from compressor.run_eval import check_expectations, evaluate_all
+from compressor.run_eval import check_expect_names, check_expectations, evaluate_all
 from compressor.run_gradients import run_gradients
 from compressor.runtime import StageTimer, machine, peak_memory, versions
 from compressor.safety.limits import calibration_seqlen, check_ranks, warn_few_tokens
@@ -126,7 +126,20 @@ def setup(recipe: Recipe, output: Path, progress: ProgressSink | None,
                    recipe_json=recipe_json)
     run.stages, run.post_stages = split_post_stages(list(recipe.stages))   # order: stage_rules
     run.needs = stage_needs(run.stages)
+    check_eval_names(run)
     return run
+
+
+def check_eval_names(run: RunState) -> None:
+    """The recipe's lm-eval task names and `expect:` metric names, checked before the model
+    loads (else an unknown task is found after the whole compression, a misspelled metric
+    at the end as "got None")."""
+    r = run.recipe
+    rows = None
+    if r.eval and r.eval.tasks:
+        from compressor.tasks import check_tasks
+        rows = check_tasks(list(r.eval.tasks))
+    check_expect_names(r, rows, output_errors=needs_calibration(run))
 
 
 def check_fisher_path(path: str | None) -> None:
@@ -202,11 +215,6 @@ def calibrate(run: RunState) -> None:
     from compressor.data import calibration_windows
     r, cal = run.recipe, run.recipe.calibration
     run.seqlen = calibration_seqlen(cal, run.model.config)
-    if r.eval and r.eval.tasks:
-        from compressor.tasks import _lm_eval, task_spec
-        _lm_eval()                                  # fail before hours of compression, not after
-        for t in r.eval.tasks:
-            task_spec(t)
     if not needs_calibration(run):
         return
     check_activation_memory(cal.nsamples, run.seqlen, run.minfo.get("hidden_size"),

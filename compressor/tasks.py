@@ -96,6 +96,66 @@ def task_manager(include_defaults: bool):
     return TaskManager(include_defaults=include_defaults)
 
 
+ANY = None   # a task whose result rows or metric names are known only once it runs
+
+
+def check_tasks(specs: list[str]) -> dict[str, set[str] | None]:
+    """Refuse, before any model loads, a missing lm-eval, an unreadable task YAML or a task
+    name lm-eval does not know (with a did-you-mean); return, per result row the tasks will
+    report, the metric labels it will hold (``ANY`` when not known beforehand: a group, a
+    Python task, a metric given as a function). A tag stands for its member tasks.
+
+    Cost: lm-eval's task index, built once per process and reused by run_tasks: 6 s on
+    this 2-core CPU (it reads every YAML lm-eval ships); YAML-only task lists skip it."""
+    _lm_eval()
+    named = [task_spec(t) for t in specs]
+    rows: dict[str, set[str] | None] = {}
+    tm = task_manager(True) if any(isinstance(spec, str) for _, spec in named) else None
+    for name, spec in named:
+        if not isinstance(spec, str):
+            rows[name] = metric_labels(spec)
+            continue
+        if name not in tm.all_tasks:
+            raise _task_error(tm, name, spec, KeyError(name))
+        entry = tm.task_index.get(name)
+        kind = getattr(getattr(entry, "kind", None), "name", "")
+        if kind == "TAG":
+            for member in sorted(entry.tags):
+                member_entry = tm.task_index.get(member)
+                rows[member] = (metric_labels(member_entry.cfg)
+                                if getattr(member_entry, "cfg", None) else ANY)
+        elif kind == "TASK" and entry.cfg:
+            rows[name] = metric_labels(entry.cfg)
+        else:   # a group reports itself and its subtasks; a Python task its own metrics
+            rows[name] = ANY
+            rows[GROUP_MEMBERS] = ANY
+    return rows
+
+
+GROUP_MEMBERS = "*"   # a key of check_tasks' answer: any subtask of a requested group
+
+
+def metric_labels(cfg: dict[str, Any]) -> set[str] | None:
+    """The metric labels a task's result row holds, as _summarize names them ("acc", or
+    "exact_match,strict-match" under a filter); ANY when a metric is a function or the
+    task computes its own (process_results)."""
+    if cfg.get("process_results") is not None:
+        return ANY
+    metrics = cfg.get("metric_list")
+    if metrics:
+        names = [m.get("metric") if isinstance(m, dict) else None for m in metrics]
+    else:   # lm-eval's defaults for the output type (what it computes without a list)
+        from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
+        names = list(DEFAULT_METRIC_REGISTRY.get(cfg.get("output_type"), []))
+    if not names or not all(isinstance(n, str) for n in names):
+        return ANY
+    filters = [f.get("name") if isinstance(f, dict) else None
+               for f in cfg.get("filter_list") or []] or ["none"]
+    if not all(isinstance(f, str) for f in filters):
+        return ANY
+    return {n if f == "none" else f"{n},{f}" for n in names for f in filters}
+
+
 def _build(tm, name: str, spec):
     """The Task (or Group, or a tag's tasks) for one spec, its dataset loaded. One task at a
     time, so a failure names its task."""

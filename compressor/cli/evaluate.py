@@ -48,8 +48,8 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         raise UserError("--limit applies to --tasks; for perplexity use --max-windows.")
     datasets = list(dataset) or ([] if task_list else ["builtin"])
     if task_list:
-        from compressor.tasks import _lm_eval
-        _lm_eval()                       # a missing extra fails before the model loads
+        from compressor.tasks import check_tasks
+        check_tasks(task_list)           # a missing extra or an unknown task: before the load
     dev = resolve_device(device)
     if stream:
         model_obj, tok = load_streamed_any(model, dtype, dev, verify=not no_verify,
@@ -154,7 +154,8 @@ def load_any(spec: str, dtype: str = "auto", verify: bool = True, trust_remote_c
         return (load_compressed(spec, verify=verify, dtype=output_dtype(spec, dtype, device)),
                 AutoTokenizer.from_pretrained(spec, trust_remote_code=False))
     from compressor.models import load_model
-    m, tok, _ = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
+    m, tok, _ = load_model(spec, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code,
+                           verify=verify)
     return m, tok
 
 

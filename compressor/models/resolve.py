@@ -21,7 +21,7 @@ from huggingface_hub import snapshot_download
 from compressor.errors import UserError
 
 from .aliases import ALIASES, ResolvedModel
-from .integrity import check_gguf_magic, check_weights
+from .integrity import check_config, check_gguf_file, stored_layers, weights_table
 from .offline import resolve_offline
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,12 @@ def _looks_like_path(spec: str) -> bool:
             or spec.lower().endswith((".gguf", ".safetensors", ".json", ".bin")))
 
 
-def resolve_model(spec: str, cache_dir: str | Path | None = None) -> ResolvedModel:
-    """Turn MODEL (alias, folder, .gguf file or Hub id) into files on disk, fetching if needed."""
+def resolve_model(spec: str, cache_dir: str | Path | None = None,
+                  verify: bool = True) -> ResolvedModel:
+    """Turn MODEL (alias, folder, .gguf file or Hub id) into files on disk, fetching if needed.
+
+    ``verify=False`` skips the sha256 check of an offline alias's cached conversion
+    (offline.py); header checks of weight files always run."""
     spec = str(spec).strip()
     if not spec:
         raise UserError("no model given: pass an alias (e.g. smollm2-135m), a folder, a .gguf "
@@ -59,8 +63,8 @@ def resolve_model(spec: str, cache_dir: str | Path | None = None) -> ResolvedMod
     alias = ALIASES.get(spec.lower())
     if alias is not None:
         if alias.offline is not None:
-            return resolve_offline(alias, cache)
-        return _resolve_hub(alias.hub_id, cache)
+            return resolve_offline(alias, cache, verify=verify)
+        return _resolve_hub(alias.hub_id, cache, verify)
 
     path = Path(spec).expanduser()
     if path.exists():
@@ -76,7 +80,7 @@ def resolve_model(spec: str, cache_dir: str | Path | None = None) -> ResolvedMod
     if not _HUB_ID.match(spec):
         raise UserError(f"'{spec}' is not a model alias, an existing path or a Hub id "
                         "(org/name)")
-    return _resolve_hub(spec, cache)
+    return _resolve_hub(spec, cache, verify)
 
 
 def _resolve_local(path: Path) -> ResolvedModel:
@@ -84,7 +88,7 @@ def _resolve_local(path: Path) -> ResolvedModel:
         if path.suffix.lower() != ".gguf":
             raise UserError(f"'{path}' is a file but not a .gguf: pass the checkpoint folder "
                             "(with config.json) or a .gguf file")
-        check_gguf_magic(path)
+        check_gguf_file(path)
         return ResolvedModel(path.resolve().parent, path.name, "gguf", None)
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
@@ -96,8 +100,17 @@ def _resolve_local(path: Path) -> ResolvedModel:
         raise UserError(f"folder '{path}' has no config.json: it is not a Hugging Face "
                         "checkpoint folder (pass the folder that holds config.json and "
                         "*.safetensors, or a .gguf file)")
-    check_weights(path)
+    check_folder(path)
     return ResolvedModel(path.resolve(), None, "local", None)
+
+
+def check_folder(path: Path) -> None:
+    """The header checks of the weight files, and config.json against them (sizes, layer
+    count, a size far beyond what the files hold): what every loader, streamed included,
+    gets before transformers builds anything. The memory bound is load_model's (a streamed
+    run is meant for models larger than memory)."""
+    data_bytes, names = weights_table(path)
+    check_config(path, None, data_bytes, stored_layers(names))
 
 
 # Config, tokenizer and safetensors only: never pickled .bin weights, never Python files (a
@@ -122,7 +135,7 @@ def _unreachable(exc: BaseException) -> bool:
                for c in type(exc).__mro__)
 
 
-def _resolve_hub(hub_id: str, cache: Path) -> ResolvedModel:
+def _resolve_hub(hub_id: str, cache: Path, verify: bool = True) -> ResolvedModel:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -152,7 +165,7 @@ def _resolve_hub(hub_id: str, cache: Path) -> ResolvedModel:
             log.warning("cannot reach the Hugging Face Hub for '%s'; using the offline source "
                         "of alias '%s' (%s) instead", hub_id, fallback.name,
                         fallback.offline.requirement)
-            res = resolve_offline(fallback, cache)
+            res = resolve_offline(fallback, cache, verify=verify)
             res.source += " (hub unreachable)"
             return res
         raise UserError(f"cannot reach the Hugging Face Hub for '{hub_id}': pass a local "
@@ -160,5 +173,5 @@ def _resolve_hub(hub_id: str, cache: Path) -> ResolvedModel:
     if not list(folder.glob("*.safetensors")):
         raise UserError(f"'{hub_id}' has no safetensors weights on the Hub: svdc never loads "
                         "pickled .bin files; convert the checkpoint and pass the folder")
-    check_weights(folder)
+    check_folder(folder)
     return ResolvedModel(folder, None, "hub", hub_id)

@@ -292,3 +292,107 @@ def test_sigterm_prints_one_line_and_exits_143(world, run, monkeypatch, command)
         args = ["eval", world.prior, "--seqlen", "32", "--max-windows", "1"]
     unchanged_after(
         world, run, args, "terminated (SIGTERM): no output folder was written", code=143)
+
+
+# ---------------------------------------------------------------- checked before loading
+
+def _recipe(world, **extra) -> Path:
+    path = world.root / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": str(world.model), "output": str(world.root / "out"),
+                                    "stages": [{"method": "rtn", "bits": 4, "group_size": 32}],
+                                    "calibration": {"nsamples": 2, "seqlen": 32}, **extra}))
+    return path
+
+
+def test_an_unknown_eval_task_is_refused_before_loading(world, run, before_loading):
+    pytest.importorskip("lm_eval")
+    unchanged_after(world, run, compress(world, "--eval-tasks", "arc_easy,arc_easi"),
+                    "error: unknown lm-eval task 'arc_easi' (did you mean arc_easy")
+
+
+def test_svdc_eval_refuses_an_unknown_task_before_loading(world, run, before_loading):
+    pytest.importorskip("lm_eval")
+    unchanged_after(world, run, ["eval", str(world.model), "--tasks", "arc_easi"],
+                    "error: unknown lm-eval task 'arc_easi' (did you mean arc_easy")
+
+
+def test_a_recipes_unknown_eval_task_is_refused_before_loading(world, run, before_loading):
+    pytest.importorskip("lm_eval")
+    recipe = _recipe(world, eval={"datasets": ["builtin"], "tasks": ["hellaswg"]})
+    unchanged_after(world, run, ["run", recipe],
+                    "error: unknown lm-eval task 'hellaswg' (did you mean hellaswag")
+
+
+@pytest.mark.parametrize("expect, eval_, first", [
+    ("bits_per_weigth", None, "'bits_per_weigth' is not a metric this run reports (did you "
+                              "mean 'bits_per_weight'?); it reports bits_per_weight, params_kept"),
+    ("ppl.wikitext2", {"datasets": ["builtin"]},
+     "'ppl.wikitext2' is not a metric this run reports: 'wikitext2' is not among "
+     "eval.datasets; it reports bits_per_weight, params_kept, bytes, target_bytes, ppl.builtin"),
+    ("ppl.builtin", None, "'ppl.builtin' is not a metric this run reports: perplexity is "
+                          "scored only with an eval block; add eval: {datasets: [builtin]}"),
+    ("mean_output_rel_err", None, "'mean_output_rel_err' is not a metric this run reports: "
+                                  "this run is data-free"),
+    ("task.arc_easy.acc_nrom", {"datasets": ["builtin"], "tasks": ["arc_easy"]},
+     "'task.arc_easy.acc_nrom' is not a metric this run reports (did you mean "
+     "'task.arc_easy.acc_norm'?)"),
+], ids=["typo", "ppl-other-dataset", "ppl-no-eval", "output-err-data-free", "task-metric"])
+def test_an_expect_metric_the_run_will_not_report_is_refused_before_loading(
+        world, run, before_loading, expect, eval_, first):
+    if expect.startswith("task."):
+        pytest.importorskip("lm_eval")
+    recipe = _recipe(world, expect={expect: {"value": 1.0, "tol": 0.1}},
+                     **({"eval": eval_} if eval_ else {}))
+    unchanged_after(world, run, ["run", recipe], f"error: expect: {first}")
+
+
+def test_every_metric_a_run_reports_passes_the_early_check(tiny_model_dir, tmp_path):
+    """The names check_expect_names accepts are those metrics_of makes from a report."""
+    pytest.importorskip("lm_eval")
+    from compressor.errors import UserError
+    from compressor.recipe import parse_recipe
+    from compressor.run_eval import check_expect_names, metrics_of
+    from compressor.tasks import check_tasks
+    text = tmp_path / "My Notes.txt"
+    report = {"totals": {"targets": {"bits_per_weight": 4.5, "params_kept": 1.0,
+                                     "bytes_after": 10}, "model": {"bytes_after": 20}},
+              "eval": [{"dataset": "builtin", "ppl": 9.0}, {"dataset": text.name, "ppl": 8.0}],
+              "tasks": {"tasks": [{"task": "arc_easy", "metrics": {"acc": 0.5, "acc_norm": 0.6}},
+                                  {"task": "gsm8k", "metrics": {"exact_match,strict-match": 0.1}},
+                                  {"task": "mmlu_anatomy", "metrics": {"acc": 0.3}}]},
+              "modules": [{"output_rel_err": 0.1}]}
+    names = sorted(metrics_of(report))
+    assert len(names) == 11
+    recipe = parse_recipe({"model": str(tiny_model_dir), "stages": [{"method": "gptq"}],
+                           "eval": {"datasets": ["Builtin", str(text)],
+                                    "tasks": ["arc_easy", "gsm8k", "mmlu"]},
+                           "expect": {n: {"value": 0, "tol": 1} for n in names}})
+    check_expect_names(recipe, check_tasks(["arc_easy", "gsm8k", "mmlu"]), output_errors=True)
+    with pytest.raises(UserError, match="this run is data-free"):
+        check_expect_names(recipe, check_tasks(["arc_easy", "gsm8k", "mmlu"]),
+                           output_errors=False)
+
+
+@pytest.mark.parametrize("command", ["compress", "run"])
+def test_a_negative_nproc_is_refused_before_loading(world, run, before_loading, command):
+    args = compress(world) if command == "compress" else ["run", _recipe(world)]
+    unchanged_after(world, run, [*args, "--nproc", "-1"],
+                    "error: --nproc -1: the number of ranks must be at least 1")
+
+
+# ---------------------------------------------------------------- malformed GGUF input
+
+@pytest.mark.parametrize("mangle", ["huge-counts", "garbage"])
+def test_a_malformed_gguf_is_one_line_through_the_cli(world, run, mangle):
+    """Was a struct error (internal error, exit 1) and "not a valid JSON file"."""
+    import struct
+    gguf_file = world.root / "m.gguf"
+    header = b"GGUF" + struct.pack("<I", 3)
+    gguf_file.write_bytes(header + (struct.pack("<QQ", 2 ** 40, 2 ** 40) + b"\0" * 64
+                                    if mangle == "huge-counts"
+                                    else struct.pack("<QQ", 1, 1) + bytes(range(256)) * 4))
+    first = ("its header claims 1099511627776 tensors" if mangle == "huge-counts"
+             else "metadata key 0 at byte 32 needs 506097522914230528 bytes, past the end")
+    for args in (compress(world)[:1] + [gguf_file] + compress(world)[2:],
+                 ["eval", gguf_file, "--seqlen", "16", "--max-windows", "1"]):
+        unchanged_after(world, run, args, f"error: '{gguf_file}' is corrupt: {first}")

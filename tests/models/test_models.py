@@ -239,7 +239,7 @@ def test_hub_id_falls_back_to_offline_source(monkeypatch, tmp_path):
     monkeypatch.setattr(resolve_mod, "snapshot_download", _offline)
     seen = []
 
-    def fake_offline(alias, cache):
+    def fake_offline(alias, cache, verify=True):
         seen.append((alias.name, cache))
         return models.ResolvedModel(tmp_path, None, "offline:pypi:x", alias.hub_id)
     monkeypatch.setattr(resolve_mod, "resolve_offline", fake_offline)
