@@ -56,6 +56,10 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("rtn-w4-g128", "rtn", ["--method", "rtn", "--bits", "4", "--group-size", "128"]),
     # SmolLM2's weights come from a Q4_1 g32 file: 4-bit g32 is (nearly) its own grid
     ("rtn-w4-g32", "rtn", ["--method", "rtn", "--bits", "4", "--group-size", "32"]),
+    # LQ-LoRA's own ILP over a 2x2 menu (NF3/NF4, blocks 64/128): its full 4x5 menu takes
+    # over an hour here
+    ("lqlora-b3.5-r8", "lqlora", ["--method", "lqlora", "--bits", "3.5", "--rank", "8",
+                                  "--set", "nf_bits=[3,4]", "--set", "block_sizes=[64,128]"]),
     ("rtn-w8-g128", "rtn", ["--method", "rtn", "--bits", "8", "--group-size", "128"]),
     ("gwq-w3-o1", "gwq", ["--method", "gwq", "--bits", "3", "--group-size", "128",
                           "--outlier-frac", "0.01"]),
@@ -70,10 +74,6 @@ ROWS: list[tuple[str, str, list[str]]] = [
                                    "--lowrank-bits", "8"]),
     ("fwsvd-r0.2", "lowrank-16", ["--method", "fwsvd", "--ratio", "0.2"]),
     ("fwsvd-r0.2-f8", "lowrank-8", ["--method", "fwsvd", "--ratio", "0.2", "--lowrank-bits", "8"]),
-    # LQ-LoRA's own ILP over a 2x2 menu (NF3/NF4, blocks 64/128): its full 4x5 menu takes
-    # over an hour here
-    ("lqlora-b3.5-r8", "lqlora", ["--method", "lqlora", "--bits", "3.5", "--rank", "8",
-                                  "--set", "nf_bits=[3,4]", "--set", "block_sizes=[64,128]"]),
     ("cospadi-r0.2", "cospadi", ["--method", "cospadi", "--ratio", "0.2"]),
     ("lost-r0.2", "lost", ["--method", "lost", "--ratio", "0.2"]),
 ]

@@ -149,7 +149,7 @@ def open_streamed(spec: str, dtype: str | torch.dtype, compute_device: torch.dev
     """MODEL for a streamed compress run: the meta skeleton in the compute dtype with
     everything outside the decoder layers read, its tokenizer, the report's model section
     (``load_model``'s ModelInfo) and the reader the layers come from."""
-    from compressor.core.shards import large_allocations_to_os
+    from compressor.core.shards import check_layers_present, large_allocations_to_os
     from compressor.models import decoder_layers
     from compressor.models.device import checkpoint_dtype, resolve_dtype
     from compressor.models.load import ModelInfo, load_tokenizer
@@ -165,6 +165,7 @@ def open_streamed(spec: str, dtype: str | torch.dtype, compute_device: torch.dev
     reader = ShardReader(res.path)
     model = skeleton(config, torch_dtype)
     layers_path, layers = decoder_layers(model)
+    check_layers_present(model, reader, layers_path)
     materialize_outside(model, reader, layers_path)
     cfg = getattr(config, "get_text_config", lambda: config)()
     own = checkpoint_dtype(config)

@@ -63,6 +63,36 @@ class ShardReader:
     def with_prefix(self, prefix: str) -> list[str]:
         return [k for k in self.where if k.startswith(prefix)]
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape from the files' headers (no tensor data is read)."""
+        from compressor.safetensors_io import read_header
+        out: dict[str, tuple[int, ...]] = {}
+        for name in sorted(set(self.where.values())):
+            header, _ = read_header(self.folder / name, "re-create or download it again")
+            out.update({k: tuple(v["shape"]) for k, v in header.items()
+                        if k != "__metadata__" and isinstance(v, dict) and "shape" in v})
+        return out
+
+
+def check_layers_present(model: nn.Module, reader: ShardReader, layers_path: str,
+                         aliases: dict[str, str] | None = None) -> None:
+    """Before a streamed pass reads its first layer: every tensor of every decoder layer is in
+    the checkpoint with the skeleton's shape (headers only), so a missing or wrong-shaped
+    tensor of layer 20 is refused now, not after 19 layers of work."""
+    prefix, aliases = layers_path + ".", aliases or {}
+    shapes = reader.shapes()
+    for name, t in model.state_dict().items():
+        if not name.startswith(prefix) or not t.is_meta:
+            continue
+        src = aliases.get(name, name)
+        if src not in shapes:
+            raise UserError(f"the checkpoint lacks {name} ({reader.folder}): not a complete "
+                            f"model; re-create or download it again")
+        if shapes[src] != tuple(t.shape):
+            raise UserError(f"checkpoint tensor {src} has shape {list(shapes[src])}, the model "
+                            f"config expects {list(t.shape)} ({reader.folder}): the checkpoint "
+                            f"is corrupt or from another model")
+
 
 def skeleton(config: Any, dtype: torch.dtype) -> nn.Module:
     """The model with every parameter on the meta device (no memory) and real buffers."""
