@@ -35,6 +35,9 @@ class Method:
     needs: ClassVar[frozenset[str]] = frozenset()
     # True when compress() builds on the previous stage's output (EoRA compensation).
     uses_previous: ClassVar[bool] = False
+    # True when compress() makes the whole result from the original weight and every other
+    # compression stage would be wasted (the plan: its menu entries are the chains).
+    sole_stage: ClassVar[bool] = False
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: MethodConfig,
              fisher: dict[str, torch.Tensor] | None = None,

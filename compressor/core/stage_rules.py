@@ -1,7 +1,8 @@
 """The rules on stage order, in one place (the recipe validates every recipe with them, flags
 and YAML alike): a compensation stage (EoRA) follows a base stage; post stages (heal) come
 after every compression stage, at least one of those first, each post stage once, and not on
-random-token calibration (heal trains on text)."""
+random-token calibration (heal trains on text); a stage that chooses whole compressions
+(plan) is the only compression stage."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def check_stage_order(names: list[str], random_calibration: bool) -> None:
         raise ValueError("heal trains on windows of the calibration text, and "
                          "calibration.dataset 'random' has none: calibrate on builtin, "
                          "wikitext2, c4 or a text file, or drop the heal stage")
+    sole = [n for i, n in enumerate(names) if not post[i] and getattr(stage_class(n), "sole_stage", False)]
+    if sole and sum(not p for p in post) > 1:
+        raise ValueError(f"{sole[0]} chooses each matrix's whole compression (its menu holds the "
+                         f"chains, e.g. [{{method: gptq}}, {{method: eora}}]): make it the only "
+                         f"compression stage (a post stage such as heal may follow)")
     dup = [n for i, n in enumerate(names) if post[i] and names.index(n) != i]
     if dup:
         raise ValueError(f"stage {names.index(dup[0], names.index(dup[0]) + 1) + 1} "

@@ -179,3 +179,9 @@ def test_a_measures_file_prices_the_menu_once_for_every_budget(tiny_model_dir, t
     cache.write_text("{}")
     with pytest.raises(UserError, match="not an svdc plan-measures file"):
         compress(_recipe(tiny_model_dir, tmp_path / "e", [stage]))
+
+
+def test_the_plan_is_the_only_compression_stage(tiny_model_dir, tmp_path):
+    with pytest.raises(Exception, match="make it the only compression stage"):
+        _recipe(tiny_model_dir, tmp_path / "x", [{"method": "gptq"},
+                                                 {"method": "plan", "bits": 4}])

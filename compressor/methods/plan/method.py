@@ -40,6 +40,7 @@ class Plan(Method):
                "factors, dense) an ILP picks so the written bits per weight are at most B at "
                "the lowest Fisher-weighted calibration output error.")
     Config = PlanConfig
+    sole_stage = True
 
     def __init__(self) -> None:
         super().__init__()
