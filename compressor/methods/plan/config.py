@@ -21,12 +21,13 @@ class PlanConfig(MethodConfig):
         "What each matrix may become: a list of entries, each a stage "
         "({method: gptq, bits: 4, group_size: 64}) or a chain of stages "
         "([{method: gptq, bits: 3}, {method: eora, rank: 32}]). Default: GPTQ 2/3/4/8 bit "
-        "g32/64/128, GPTQ 3/4 bit + EoRA rank 8/32, GWQ, LQ-LoRA NF3/NF4, whitened SVD with "
+        "and RTN 3/4/8 bit at g32/64/128, GPTQ 3/4 bit + EoRA rank 8/32, GWQ, LQ-LoRA NF3/NF4, whitened SVD with "
         "8-bit factors, dense."))
     error: Literal["fisher-output", "output"] = Field("fisher-output", description=(
-        "What the ILP sums over matrices: 'fisher-output' (default) tr(D_F ΔW G ΔWᵀ), the "
-        "output error on the calibration Gram weighted by each output channel's Fisher (one "
-        "backward pass; an estimate of the loss increase, comparable across layers); "
+        "What the ILP sums over matrices: 'fisher-output' (default) tr(D ΔW G ΔWᵀ), the "
+        "output error on the calibration Gram weighted by each output channel's mean squared "
+        "loss gradient (the Fisher row sums over the mean input energy; one backward pass): "
+        "a second-order estimate of the loss increase, comparable across layers; "
         "'output': the unweighted tr(ΔW G ΔWᵀ) (no backward pass, but its scale grows with "
         "depth)."))
     measures_file: str | None = Field(None, description=(

@@ -8,12 +8,16 @@ from typing import Any
 
 from compressor.core.method import MethodConfig
 
-# The default menu (issue 24): GPTQ at 2/3/4/8 bits and groups 32/64/128; GPTQ 3/4 bit with
-# an EoRA path; GWQ with 0.5-1% gradient outliers; LQ-LoRA's NF codes with a small low-rank
-# part; whitened SVD with 8-bit factors; the dense matrix. Chosen from the storage each
-# method can write, not from any evaluation: the ILP picks among them on calibration data.
+# The default menu (issue 24): GPTQ at 2/3/4/8 bits and groups 32/64/128; RTN at 3/4/8 bits
+# and the same groups; GPTQ 3/4 bit with an EoRA path; GWQ with 0.5-1% gradient outliers;
+# LQ-LoRA's NF codes with a small low-rank part; whitened SVD with 8-bit factors; the dense
+# matrix. Chosen from the storage each method can write, not from any evaluation: the ILP
+# picks among them on calibration data.
 DEFAULT_MENU: list[list[dict[str, Any]]] = (
     [[{"method": "gptq", "bits": b, "group_size": g}] for b in (2, 3, 4, 8) for g in (32, 64, 128)]
+    # RTN too: on weights that already sit on a grid (a checkpoint converted from a quantized
+    # file) rounding to it is exact where GPTQ's error feedback moves them off it
+    + [[{"method": "rtn", "bits": b, "group_size": g}] for b in (3, 4, 8) for g in (32, 64, 128)]
     + [[{"method": "gptq", "bits": b, "group_size": 128}, {"method": "eora", "rank": r}]
        for b in (3, 4) for r in (8, 32)]
     + [[{"method": "gwq", "bits": b, "group_size": 128, "outlier_frac": f, "inner": "gptq"}]

@@ -59,9 +59,14 @@ class Plan(Method):
     def plan_needs_for(self, cfg: PlanConfig) -> frozenset[str]:
         return self.needs_for(cfg)
 
+    # bumped whenever the measured error changes meaning: a stored measures file of another
+    # version is re-measured (core/plan_cache.py keys on pricing())
+    MEASURES_VERSION = 2
+
     def pricing(self, cfg: PlanConfig) -> dict[str, Any]:
         """What the planning measures depend on (the budget and the cache path do not)."""
-        return cfg.model_dump(mode="json", exclude={"bits", "measures_file"})
+        return {**cfg.model_dump(mode="json", exclude={"bits", "measures_file"}),
+                "measures_version": self.MEASURES_VERSION}
 
     def _method(self, c: MethodConfig) -> Method:
         if c.method not in self._methods:
@@ -87,16 +92,28 @@ class Plan(Method):
         return Compressed(previous, info)
 
     def _error(self, target: Target, cfg: PlanConfig, module: CompressedLinear) -> float:
+        """tr(D ΔW G ΔWᵀ) with D the output channels' gradient energy (see _row_weights)."""
         gram = require_stat(target, "gram")
-        rows = None
-        if cfg.error == "fisher-output":
-            rows = target.stats.fisher_rows
-            if rows is None:
-                raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher "
-                                       f"row sums (a backward pass); they were not collected")
-            rows = rows.clamp_min(0)
         delta = target.weight - module.dense_weight().to(target.weight)
-        return output_error(delta, gram, rows)
+        return output_error(delta, gram, self._row_weights(target, cfg, gram))
+
+    @staticmethod
+    def _row_weights(target: Target, cfg: PlanConfig, gram: torch.Tensor) -> torch.Tensor | None:
+        """Per output channel r, the mean squared loss gradient E[g_r²] that turns the output
+        error Σ_t Δy_{t,r}² into a loss increase (second order, diagonal). The backward pass
+        gives the Fisher row sums f_r = Σ_c Σ_samples (∂L/∂W_rc)² ≈ E[g_r²]·Σ_t ‖x_t‖²: the
+        input energy is in them once, and the Gram would count it again, so f_r is divided by
+        the mean input energy tr(G)/T. Without that the sum over matrices weighs each by its
+        input norm, which grows with depth and differs between q/k/v and o/down inputs by
+        orders of magnitude: the ILP then buys bits for high-energy inputs, not for the loss."""
+        if cfg.error != "fisher-output":
+            return None
+        rows = target.stats.fisher_rows
+        if rows is None:
+            raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher "
+                                   f"row sums (a backward pass); they were not collected")
+        energy = float(torch.diagonal(gram).sum()) / max(target.stats.ntokens, 1)
+        return rows.clamp_min(0) / (energy if energy > 0 else 1.0)
 
     def plan_measure(self, target: Target, cfg: PlanConfig) -> dict[str, list[float]]:
         """Every candidate on this target: its error and the bits per weight it writes."""
