@@ -183,9 +183,14 @@ def report(rows: dict[str, dict]) -> None:
              f"{', '.join(f'`{c}`' for c in commits)}. Calibration 8×512 builtin tokens (seed 0); "
              f"perplexity on the first 16 windows of 512 tokens of the builtin test split and of "
              f"the news text (`lee_background.cor`, gensim 4.4.0 wheel, not in this repository). "
-             f"Dense: {_f(dense.get('ppl_builtin'))} builtin, {_f(dense.get('ppl_news'))} news. "
+             f"Dense (the float32 checkpoint, scored as is): {_f(dense.get('ppl_builtin'))} builtin, {_f(dense.get('ppl_news'))} news. "
              f"Bits per weight are written bytes over the target matrices. Commands per row in "
              f"`benchmarks/frontier.jsonl`.", ""]
+    if len(commits) > 1:                 # say what differs between the code states
+        trees = [c.split()[1].removesuffix("+dirty") for c in commits]
+        diff = subprocess.run(["git", "-C", str(ROOT), "diff", "--name-only", *trees[:2]],
+                              capture_output=True, text=True).stdout.split()
+        lines += [f"The code states differ in compressor/ only in: {', '.join(diff) or '?'}.", ""]
     lines += _planner_lines(ok, dense)
     lines += ["| row | family | bits/weight | ppl builtin | ppl news | compress s | commit |",
               "|---|---|---:|---:|---:|---:|---|"]
@@ -211,7 +216,7 @@ def report(rows: dict[str, dict]) -> None:
         if plan:
             ax.plot(*zip(*plan), "k-o", label="plan (--target-bits)", lw=1.5)
         if dense.get(key):
-            ax.axhline(dense[key], color="grey", ls="--", lw=1, label="dense bf16")
+            ax.axhline(dense[key], color="grey", ls="--", lw=1, label="dense (fp32 checkpoint)")
         ax.set_yscale("log")
         ax.set_xlabel("written bits per weight (targets)")
         ax.set_ylabel("perplexity")
