@@ -26,7 +26,7 @@ from compressor.core.measures import (
 )
 from compressor.core.stages import Stage
 from compressor.core.stats import LayerStatsCollector
-from compressor.core.types import LinearStats, ModuleRecord, Target
+from compressor.core.types import Compressed, LinearStats, ModuleRecord, Target
 from compressor.core.walk import LayerSource, walk_layers
 from compressor.parts.base import CompressedLinear, materialized
 
@@ -51,20 +51,11 @@ def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
     device = ctx.device
     w = linear.weight.detach().to(device=device, dtype=torch.float32)
     bias = None if linear.bias is None else linear.bias.detach().to(device)
-    dtype = ctx.storage_dtype or linear.weight.dtype
-    previous: CompressedLinear | None = None
-    info: dict[str, Any] = {}
-    for stage in stages:
-        target = Target(name=name, layer_index=layer_index, kind=kind, weight=w, bias=bias,
-                        stats=stats,
-                        generator=module_generator(ctx.seed, f"{stage.name}:{name}", device),
-                        dtype=dtype, plan=stage.plan.get(name, {}), seed=ctx.seed)
-        result = stage.method.run(target, stage.cfg, previous)
-        previous = result.module
-        for k, v in result.info.items():
-            info[k if len(stages) == 1 else f"{stage.name}.{k}"] = v
-    assert previous is not None
-    module = previous.to(device)
+    base = Target(name=name, layer_index=layer_index, kind=kind, weight=w, bias=bias,
+                  stats=stats, generator=module_generator(ctx.seed, name, device),
+                  dtype=ctx.storage_dtype or linear.weight.dtype, seed=ctx.seed)
+    result = run_chain(base, [(s.method, s.cfg, s.plan.get(name, {})) for s in stages])
+    module, info = result.module.to(device), result.info
     w_hat = module.dense_weight()
     if not torch.isfinite(w_hat).all():
         raise FloatingPointError(f"{name}: the compressed weight has non-finite values; "
@@ -81,6 +72,24 @@ def compress_linear(name: str, layer_index: int, kind: str, linear: nn.Linear,
         seconds=time.perf_counter() - t0, info=info)
     record.info["bits_per_weight"] = round(bits_per_weight(module), 4)
     return module, record
+
+
+def run_chain(base: Target, chain: list[tuple[Any, Any, dict[str, Any]]]) -> Compressed:
+    """(method, config, plan) stages run in order on one linear, each seeing the previous
+    stage's output and a generator seeded from (seed, stage, module name): a recipe's stages
+    on a linear, and a plan's menu entry the same way. Info keys are prefixed by the stage
+    name when there is more than one stage."""
+    previous: CompressedLinear | None = None
+    info: dict[str, Any] = {}
+    for method, cfg, plan in chain:
+        target = replace(base, plan=plan, generator=module_generator(
+            base.seed, f"{method.name}:{base.name}", base.weight.device))
+        result = method.run(target, cfg, previous)
+        previous = result.module
+        for k, v in result.info.items():
+            info[k if len(chain) == 1 else f"{method.name}.{k}"] = v
+    assert previous is not None
+    return Compressed(previous, info)
 
 
 @dataclass

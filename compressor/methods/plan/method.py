@@ -22,7 +22,7 @@ import torch
 
 from compressor.core.measures import output_error, weight_bytes
 from compressor.core.method import Method, MethodConfig, require_stat
-from compressor.core.pipeline import module_generator
+from compressor.core.pipeline import run_chain
 from compressor.core.registry import get_method, register
 from compressor.core.types import Compressed, Target
 from compressor.errors import MissingStatistic, UserError
@@ -53,7 +53,7 @@ class Plan(Method):
         need = {"gram"} | ({"fisher_rows"} if cfg.error == "fisher-output" else set())
         for stages in cfg.candidates:
             for c in stages:
-                need |= get_method(c.method)().needs_for(c)
+                need |= self._method(c).needs_for(c)
         return frozenset(need)
 
     def plan_needs_for(self, cfg: PlanConfig) -> frozenset[str]:
@@ -74,22 +74,9 @@ class Plan(Method):
         return self._methods[c.method]
 
     def _run(self, target: Target, cfg: PlanConfig, j: int) -> Compressed:
-        """Candidate j's stages on one target, each with the target's statistics and the
-        generator it would get as a recipe stage, so a one-entry menu is that recipe."""
-        previous, info = None, {}
-        stages = cfg.candidates[j]
-        for c in stages:
-            method = self._method(c)
-            inner = Target(name=target.name, layer_index=target.layer_index, kind=target.kind,
-                           weight=target.weight, bias=target.bias, stats=target.stats,
-                           generator=module_generator(target.seed, f"{method.name}:{target.name}",
-                                                      target.weight.device),
-                           dtype=target.dtype, seed=target.seed)
-            result = method.run(inner, c, previous)
-            previous = result.module
-            for key, v in result.info.items():
-                info[key if len(stages) == 1 else f"{method.name}.{key}"] = v
-        return Compressed(previous, info)
+        """Candidate j's stages on one target, as a recipe's stages run (pipeline.run_chain):
+        a one-entry menu is that recipe."""
+        return run_chain(target, [(self._method(c), c, {}) for c in cfg.candidates[j]])
 
     def _error(self, target: Target, cfg: PlanConfig, module: CompressedLinear) -> float:
         """tr(D ΔW G ΔWᵀ) with D the output channels' gradient energy (see _row_weights)."""
