@@ -41,6 +41,19 @@ def output_error(delta: torch.Tensor, gram: torch.Tensor,
     return total
 
 
+def loss_row_weights(fisher_rows: torch.Tensor, gram: torch.Tensor, ntokens: int) -> torch.Tensor:
+    """Per output channel r, the mean squared loss gradient E[g_r²] that turns the output
+    error Σ_t Δy_{t,r}² into a loss increase (second order, diagonal): the weights D of
+    tr(D ΔW G ΔWᵀ). The backward pass gives the Fisher row sums f_r = Σ_c Σ_samples
+    (∂L/∂W_rc)² ≈ E[g_r²]·Σ_t ‖x_t‖²: the input energy is in them once and the Gram counts it
+    again, so f_r is divided by the mean input energy tr(G)/T. Without that a sum over
+    matrices weighs each by its input norm, which grows with depth and differs between q/k/v
+    and o/down inputs by orders of magnitude: an allocation across matrices then buys bits
+    for high-energy inputs, not for the loss. Within one matrix it is a constant factor."""
+    energy = float(torch.diagonal(gram).sum()) / max(int(ntokens), 1)
+    return fisher_rows.clamp_min(0) / (energy if energy > 0 else 1.0)
+
+
 def relative_output_error(delta: torch.Tensor, w: torch.Tensor, gram: torch.Tensor,
                           ref: float | None = None) -> float:
     """sqrt(tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)); 0 when the layer has no output at all. ``ref``:

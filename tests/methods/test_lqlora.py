@@ -226,3 +226,31 @@ def test_method_fixed_config_and_needs():
     assert method.plan_needs_for(method.Config()) == frozenset({"gram"})
     with pytest.raises(ValueError, match="contradicts"):
         method.Config(fisher_weighted=True, error="weight")
+
+
+def test_fisher_output_plan_error_is_invariant_to_input_scale():
+    """Inputs ×s, weights ÷s: the same function, so the same loss increase. The Fisher row
+    sums grow by s² with the Gram; the planned error (the ILP's unit across matrices) must not
+    (issue 27: the raw row sums weighed each matrix by its input energy)."""
+    from compressor.core.registry import get_method
+    from compressor.core.types import LinearStats, Target
+    g = _gen(3)
+    w = _heavy_tailed(48, 64, 4)
+    x = torch.randn(256, 64, generator=g) * torch.linspace(0.5, 3, 64)
+    rows = torch.rand(48, generator=g) + 0.1
+    s = 4.0                                            # a power of two: NF scales stay exact
+    method = get_method("lqlora")()
+    cfg = method.Config(bits=3.5, rank=2, nf_bits=[2, 4], block_sizes=[16, 64])
+
+    def measure(w_, x_, rows_):
+        gram = x_.T @ x_
+        energy = float(torch.diagonal(gram).sum()) / x_.shape[0]
+        tgt = Target(name="m", layer_index=0, kind="q_proj", weight=w_, bias=None,
+                     stats=LinearStats(ntokens=x_.shape[0], gram=gram,
+                                       fisher_rows=rows_ * energy),
+                     generator=_gen(5), dtype=torch.float16)
+        return method.plan_measure(tgt, cfg)
+
+    base = measure(w, x, rows)
+    scaled = measure(w / s, x * s, rows)
+    assert np.allclose(base, scaled, rtol=1e-4)

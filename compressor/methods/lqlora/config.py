@@ -28,8 +28,9 @@ class LQLoRAConfig(MethodConfig):
         "bound of the final error, ~4x cheaper); more: full alternations per candidate."))
     error: Literal["fisher-output", "output", "fisher", "weight"] = Field("fisher-output", description=(
         "What the decomposition and the ILP minimize. 'fisher-output' (default): the output "
-        "error on the calibration inputs weighted by each output channel's Fisher (summed "
-        "squared loss gradients, one backward pass), tr(D_F ΔW G ΔWᵀ), a first-order estimate "
+        "error on the calibration inputs weighted by each output channel's mean squared loss "
+        "gradient (its Fisher row sum, one backward pass, divided by the mean input energy "
+        "tr(G)/T, which the row sum already holds once), tr(D ΔW G ΔWᵀ), a second-order estimate "
         "of the loss increase, so the ILP compares matrices of different layers in one unit. "
         "'output': the unweighted tr(ΔW G ΔWᵀ) (no backward pass; its scale grows with depth, "
         "so the ILP gives the first layers the fewest bits: on SmolLM2 that broke the model). "

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from compressor.core.measures import loss_row_weights
 from compressor.core.method import Method, SharedInputCache
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
@@ -75,7 +76,11 @@ def _weighting(target: Target, cfg: LQLoRAConfig, cache: SharedInputCache) -> di
         if rows is None:
             raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher row "
                                    f"sums (a backward pass); they were not collected")
-        return {"whiten": L, "row_weight": rows.to(torch.float64).clamp_min(0).sqrt()}
+        # √ of the loss weights: ‖diag(√D) ΔW L‖² = tr(D ΔW G ΔWᵀ), in one unit across
+        # matrices (the raw Fisher row sums would weigh each matrix by its input energy)
+        weights = loss_row_weights(rows.to(torch.float64), gram.to(torch.float64),
+                                   target.stats.ntokens)
+        return {"whiten": L, "row_weight": weights.sqrt()}
     return {}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from compressor.core.measures import output_error, weight_bytes
+from compressor.core.measures import loss_row_weights, output_error, weight_bytes
 from compressor.core.method import Method, MethodConfig, require_stat
 from compressor.core.pipeline import run_chain
 from compressor.core.registry import get_method, register
@@ -86,21 +86,15 @@ class Plan(Method):
 
     @staticmethod
     def _row_weights(target: Target, cfg: PlanConfig, gram: torch.Tensor) -> torch.Tensor | None:
-        """Per output channel r, the mean squared loss gradient E[g_r²] that turns the output
-        error Σ_t Δy_{t,r}² into a loss increase (second order, diagonal). The backward pass
-        gives the Fisher row sums f_r = Σ_c Σ_samples (∂L/∂W_rc)² ≈ E[g_r²]·Σ_t ‖x_t‖²: the
-        input energy is in them once, and the Gram would count it again, so f_r is divided by
-        the mean input energy tr(G)/T. Without that the sum over matrices weighs each by its
-        input norm, which grows with depth and differs between q/k/v and o/down inputs by
-        orders of magnitude: the ILP then buys bits for high-energy inputs, not for the loss."""
+        """The output channels' loss weights (core.measures.loss_row_weights) for
+        error: fisher-output; None for the plain output error."""
         if cfg.error != "fisher-output":
             return None
         rows = target.stats.fisher_rows
         if rows is None:
             raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher "
                                    f"row sums (a backward pass); they were not collected")
-        energy = float(torch.diagonal(gram).sum()) / max(target.stats.ntokens, 1)
-        return rows.clamp_min(0) / (energy if energy > 0 else 1.0)
+        return loss_row_weights(rows, gram, target.stats.ntokens)
 
     def plan_measure(self, target: Target, cfg: PlanConfig) -> dict[str, list[float]]:
         """Every candidate on this target: its error and the bits per weight it writes."""
