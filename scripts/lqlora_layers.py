@@ -56,11 +56,6 @@ def grams(layers: list[int], nsamples: int, seqlen: int, seed: int) -> dict:
     return out
 
 
-def rel_err(w: torch.Tensor, approx: torch.Tensor, g: torch.Tensor) -> float:
-    from compressor.core.measures import output_error
-    return (output_error(w - approx, g) / output_error(w, g)) ** 0.5
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--layers", default="0,7,15,29")
@@ -76,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from compressor.core.registry import get_method
     from compressor.core.types import LinearStats, Target
-    from compressor.core.measures import weight_bytes
+    from compressor.core.measures import relative_output_error, weight_bytes
     layers = [int(x) for x in args.layers.split(",")]
     fit = grams(layers, args.nsamples, args.seqlen, seed=0)
     held = grams(layers, args.nsamples, args.seqlen, seed=1)
@@ -102,8 +97,8 @@ def main() -> None:
                 dense = res.module.dense_weight().float()
                 key = meth if meth != "lqlora" else f"nf{kw['bits']}-b{kw['block_size']}-r{kw['rank']}"
                 row[key] = {"bits": round(8 * weight_bytes(res.module) / w.numel(), 4),
-                            "fit": round(rel_err(w, dense, gf), 5),
-                            "held": round(rel_err(w, dense, gh), 5), "s": round(dt, 2),
+                            "fit": round(relative_output_error(w - dense, w, gf), 5),
+                            "held": round(relative_output_error(w - dense, w, gh), 5), "s": round(dt, 2),
                             **({"iters": res.info["iterations"]} if "iterations" in res.info else {})}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -49,9 +49,10 @@ def loss_row_weights(fisher_rows: torch.Tensor, gram: torch.Tensor, ntokens: int
     again, so f_r is divided by the mean input energy tr(G)/T. Without that a sum over
     matrices weighs each by its input norm, which grows with depth and differs between q/k/v
     and o/down inputs by orders of magnitude: an allocation across matrices then buys bits
-    for high-energy inputs, not for the loss. Within one matrix it is a constant factor."""
+    for high-energy inputs, not for the loss. Within one matrix it is a constant factor.
+    Float64, as the decompositions that use it."""
     energy = float(torch.diagonal(gram).sum()) / max(int(ntokens), 1)
-    return fisher_rows.clamp_min(0) / (energy if energy > 0 else 1.0)
+    return fisher_rows.to(torch.float64).clamp_min(0) / (energy if energy > 0 else 1.0)
 
 
 def relative_output_error(delta: torch.Tensor, w: torch.Tensor, gram: torch.Tensor,

@@ -117,6 +117,17 @@ def require_stat(target: Target, stat: str) -> torch.Tensor:
     return value
 
 
+def fisher_output_row_weights(target: Target, gram: torch.Tensor) -> torch.Tensor:
+    """The loss weights D of error: fisher-output (core.measures.loss_row_weights) from the
+    target's Fisher row sums, or MissingStatistic naming the backward pass they need."""
+    rows = target.stats.fisher_rows
+    if rows is None:
+        raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher row "
+                               f"sums (a backward pass); they were not collected")
+    from compressor.core.measures import loss_row_weights
+    return loss_row_weights(rows, gram, target.stats.ntokens)
+
+
 @contextmanager
 def _user_errors(where: str) -> Iterator[None]:
     """The math layer's plain ValueErrors (a rank that does not fit, a budget that cannot be

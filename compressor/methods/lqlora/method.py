@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from compressor.core.measures import loss_row_weights
-from compressor.core.method import Method, SharedInputCache
+from compressor.core.method import Method, SharedInputCache, fisher_output_row_weights
 from compressor.core.registry import register
 from compressor.core.types import Compressed, Target
 from compressor.errors import MissingStatistic, UserError
@@ -72,14 +71,9 @@ def _weighting(target: Target, cfg: LQLoRAConfig, cache: SharedInputCache) -> di
                       lambda: whitening(gram.to(target.weight.device), cfg.percdamp)[0])
         if cfg.error == "output":
             return {"whiten": L}
-        rows = target.stats.fisher_rows
-        if rows is None:
-            raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher row "
-                                   f"sums (a backward pass); they were not collected")
         # √ of the loss weights: ‖diag(√D) ΔW L‖² = tr(D ΔW G ΔWᵀ), in one unit across
         # matrices (the raw Fisher row sums would weigh each matrix by its input energy)
-        weights = loss_row_weights(rows.to(torch.float64), gram.to(torch.float64),
-                                   target.stats.ntokens)
+        weights = fisher_output_row_weights(target, gram.to(torch.float64))
         return {"whiten": L, "row_weight": weights.sqrt()}
     return {}
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from compressor.core.measures import loss_row_weights, output_error, weight_bytes
-from compressor.core.method import Method, MethodConfig, require_stat
+from compressor.core.measures import output_error, weight_bytes
+from compressor.core.method import Method, MethodConfig, fisher_output_row_weights, require_stat
 from compressor.core.pipeline import run_chain
 from compressor.core.registry import get_method, register
 from compressor.core.types import Compressed, Target
-from compressor.errors import MissingStatistic, UserError
+from compressor.errors import UserError
 from compressor.parts.base import CompressedLinear
 from compressor.primitives.knapsack import ilp_allocate
 
@@ -90,11 +90,7 @@ class Plan(Method):
         error: fisher-output; None for the plain output error."""
         if cfg.error != "fisher-output":
             return None
-        rows = target.stats.fisher_rows
-        if rows is None:
-            raise MissingStatistic(f"{target.name}: error 'fisher-output' needs the Fisher "
-                                   f"row sums (a backward pass); they were not collected")
-        return loss_row_weights(rows, gram, target.stats.ntokens)
+        return fisher_output_row_weights(target, gram)
 
     def plan_measure(self, target: Target, cfg: PlanConfig) -> dict[str, list[float]]:
         """Every candidate on this target: its error and the bits per weight it writes."""
