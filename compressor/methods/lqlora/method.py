@@ -18,7 +18,6 @@ stage alone is the training-free starting point.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,10 +31,17 @@ from compressor.methods.lqlora.budget import (
     NFConfig,
     candidate_configs,
     config_bits,
+    nf_gptq_quantize_all,
     nf_gptq_quantizer,
     nf_quantizer,
 )
-from compressor.methods.lqlora.decompose import Quantizer, lq_decompose, lq_plan_errors
+from compressor.methods.lqlora.decompose import (
+    QuantizeAll,
+    Quantizer,
+    each,
+    lq_decompose,
+    lq_plan_errors,
+)
 from compressor.parts.base import CompressedLinear
 from compressor.parts.lowrank import LowRankPart
 from compressor.parts.quantized import NFQuantPart
@@ -86,16 +92,28 @@ def _gram(target: Target, cfg: LQLoRAConfig) -> torch.Tensor:
     return target.stats.gram
 
 
-def _quantizers(target: Target, cfg: LQLoRAConfig, cache: SharedInputCache
-                ) -> Callable[[NFConfig], Quantizer]:
-    """NF configuration -> quantizer: GPTQ rounding on this target's Gram (its inverse
-    Hessian from ``cache`` when q/k/v or gate/up share the Gram), or nearest."""
-    if cfg.rounding != "gptq":
-        return nf_quantizer
+def _hessian(target: Target, cfg: LQLoRAConfig, cache: SharedInputCache):
+    """GPTQ's inverse Hessian of this target's Gram (from ``cache`` when q/k/v or gate/up
+    share the Gram)."""
     gram, dev = _gram(target, cfg), target.weight.device
-    hessian = cache.get(gram, ("hessian", cfg.percdamp, str(dev)),
-                        lambda: prepare_hessian(gram, cfg.percdamp, act_order=True, device=dev))
-    return lambda conf: nf_gptq_quantizer(conf, hessian)
+    return cache.get(gram, ("hessian", cfg.percdamp, str(dev)),
+                     lambda: prepare_hessian(gram, cfg.percdamp, act_order=True, device=dev))
+
+
+def _quantizer(target: Target, cfg: LQLoRAConfig, cache: SharedInputCache, conf: NFConfig
+               ) -> Quantizer:
+    """One NF configuration's quantizer: GPTQ rounding on this target's Gram, or nearest."""
+    if cfg.rounding != "gptq":
+        return nf_quantizer(conf)
+    return nf_gptq_quantizer(conf, _hessian(target, cfg, cache))
+
+
+def _quantize_all(target: Target | None, cfg: LQLoRAConfig, cache: SharedInputCache,
+                  configs: list[NFConfig]) -> QuantizeAll:
+    """Every configuration's rounding of one matrix: GPTQ's in one stacked pass, or nearest."""
+    if cfg.rounding != "gptq" or target is None:
+        return each([nf_quantizer(c) for c in configs])
+    return nf_gptq_quantize_all(configs, _hessian(target, cfg, cache))
 
 
 @register
@@ -126,17 +144,20 @@ class LQLoRA(Method):
 
     def _error_row(self, w: torch.Tensor, cfg: LQLoRAConfig, configs: list[NFConfig],
                    weighting: dict[str, Any], generator: torch.Generator | None,
-                   quantizer: Callable[[NFConfig], Quantizer] = nf_quantizer) -> list[float]:
+                   target: Target | None = None) -> list[float]:
         # The paper's objective: the summed (weighted) squared error over matrices, so a
-        # matrix whose outputs carry more signal counts for more.
+        # matrix whose outputs carry more signal counts for more. ``target`` (with its Gram)
+        # gives GPTQ rounding; without one the rounding is nearest.
         if cfg.plan_iters <= 1:     # one shared step: see lq_plan_errors
-            return lq_plan_errors(w, cfg.rank, [quantizer(c) for c in configs],
+            return lq_plan_errors(w, cfg.rank, _quantize_all(target, cfg, self._hessians, configs),
                                   generator=generator, svd_method=cfg.plan_svd_method,
                                   **weighting)
         row = []
         for conf in configs:
+            quantizer = (nf_quantizer(conf) if target is None
+                         else _quantizer(target, cfg, self._hessians, conf))
             _, _, _, info = lq_decompose(
-                w, cfg.rank, quantizer(conf), max_iters=cfg.plan_iters,
+                w, cfg.rank, quantizer, max_iters=cfg.plan_iters,
                 generator=generator, svd_method=cfg.plan_svd_method, **weighting)
             row.append(info["abs_error"])
         return row
@@ -147,8 +168,7 @@ class LQLoRA(Method):
         configs = candidate_configs(cfg.nf_bits, cfg.block_sizes)
         check_rank(*target.weight.shape, cfg.rank, target.name, zero_ok=True)
         return self._error_row(target.weight, cfg, configs,
-                               _weighting(target, cfg, self._whitenings), target.generator,
-                               _quantizers(target, cfg, self._hessians))
+                               _weighting(target, cfg, self._whitenings), target.generator, target)
 
     def plan(self, weights: dict[str, torch.Tensor], cfg: LQLoRAConfig,
              fisher: dict[str, torch.Tensor] | None = None,
@@ -212,7 +232,7 @@ class LQLoRA(Method):
             conf = NFConfig(int(cfg.bits), cfg.block_size)
         check_rank(m, n, cfg.rank, target.name, zero_ok=True)
         q, a, b, dinfo = lq_decompose(
-            target.weight.float(), cfg.rank, _quantizers(target, cfg, self._hessians)(conf),
+            target.weight.float(), cfg.rank, _quantizer(target, cfg, self._hessians, conf),
             max_iters=cfg.max_iters, generator=target.generator, svd_method=cfg.svd_method,
             **_weighting(target, cfg, self._whitenings))
         parts = [NFQuantPart.from_quant(q)]
