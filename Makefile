@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_OUT ?= out/demo-smollm2-gptq4g32-eora64
 TORCH   ?= torch==2.13.0
 
-.PHONY: setup test test-fast demo recipes bench clean
+.PHONY: setup test test-fast demo demo-deploy recipes bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,12 @@ demo: setup
 	$(BIN)/svdc inspect $(DEMO_OUT)
 	@echo "demo: a first look (8x256 calibration tokens, 8 eval windows). Full size (about an hour on 2 CPU cores):"
 	@echo "  $(DEMO_FULL)"
+
+# The demo, deployed: its output exported to compressed-tensors (+ PEFT adapter) and to GGUF
+# (+ .lora.gguf), each loaded as users load it and scored on the report's windows; exits 1 if
+# any differs from the report's perplexity (scripts/check_demo_deploy.py).
+demo-deploy: demo
+	$(BIN)/python scripts/check_demo_deploy.py $(DEMO_OUT)
 
 recipes: setup
 	$(BIN)/python scripts/reproduce.py recipes/small/*.yaml --threads 1

@@ -47,6 +47,7 @@ from compressor.report import write_report
 from compressor.run_eval import check_expect_names, check_expectations, evaluate_all
 from compressor.run_gradients import run_gradients
 from compressor.runtime import StageTimer, machine, peak_memory, versions
+from compressor.safety.input_paths import check_fisher_path
 from compressor.safety.limits import calibration_seqlen, check_ranks, warn_few_tokens
 from compressor.safety.memory import check_activation_memory
 
@@ -140,24 +141,6 @@ def check_eval_names(run: RunState) -> None:
         from compressor.tasks import check_tasks
         rows = check_tasks(list(r.eval.tasks))
     check_expect_names(r, rows, output_errors=needs_calibration(run))
-
-
-def check_fisher_path(path: str | None) -> None:
-    """--fisher-file is read when it is a file and written when it does not exist: anything
-    else (a folder, a device, a dangling link) is refused before any work."""
-    if not path:
-        return
-    p = Path(path)
-    if p.is_symlink() and not p.exists():
-        raise UserError(f"--fisher-file {path} is a dangling symbolic link; pass a file path "
-                        f"(it is written there when it does not exist)")
-    if p.exists() and not p.is_file():
-        raise UserError(f"--fisher-file {path} is not a file (a folder?); pass a file path, "
-                        f"e.g. {p / 'fisher.safetensors'} (it is written there when it does not "
-                        f"exist)")
-    if not p.exists() and not p.parent.is_dir():
-        raise UserError(f"--fisher-file {path}: its folder {p.parent} does not exist; create it "
-                        f"or pass a path in an existing folder")
 
 
 def load(run: RunState, trust_remote_code: bool) -> None:

@@ -60,13 +60,20 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         model_obj.to(dev)
     results = []
     if datasets:
+        recorded = recorded_eval(model)
         if not seqlen:   # said only when chosen for the user
             seqlen, why = recorded_seqlen(model)
             console.print(f"seqlen {seqlen} ({why})", highlight=False)
         with RichProgress() as progress:
             for ds in datasets:
                 from compressor.run_eval import _progress_fn
-                results.append(evaluate(model_obj, tok, ds, seqlen, max_windows=max_windows, device=str(dev),
+                windows = max_windows
+                if windows is None and split is None and _same_windows(recorded, ds, seqlen):
+                    # the report scored a partial run: the same windows repeat its number
+                    windows = int(recorded["n_windows"])
+                    console.print(f"{ds}: the first {windows} windows, as in the report (partial);"
+                                  f" --max-windows to change", highlight=False)
+                results.append(evaluate(model_obj, tok, ds, seqlen, max_windows=windows, device=str(dev),
                                         split=split, progress=_progress_fn(progress, f"eval {ds}")))
     task_res = None
     if task_list:
@@ -93,15 +100,30 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
         console.print(tasks_table(task_res, f"tasks: {model}"))
 
 
+def recorded_eval(model: str) -> dict[str, Any] | None:
+    """The first perplexity entry of an svdc output's own report (None: no readable one)."""
+    try:
+        entry = (json.loads((Path(model) / "report.json").read_text()).get("eval") or [])[0]
+        int(entry["seqlen"])
+        return entry if isinstance(entry, dict) else None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
 def recorded_seqlen(model: str) -> tuple[int, str]:
     """The window length an svdc output's own report scored it at, so `svdc eval OUT`
     repeats the compress run's number unless told otherwise; else 2048."""
-    rep = Path(model) / "report.json"
-    try:
-        evals = json.loads(rep.read_text()).get("eval") or []
-        return int(evals[0]["seqlen"]), f"as in {rep}; --seqlen to change"
-    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+    entry = recorded_eval(model)
+    if entry is None:
         return 2048, "default; --seqlen to change"
+    return int(entry["seqlen"]), f"as in {Path(model) / 'report.json'}; --seqlen to change"
+
+
+def _same_windows(entry: dict[str, Any] | None, dataset: str, seqlen: int) -> bool:
+    """Whether ``entry`` (the report's) scored a partial run of this dataset at this seqlen:
+    its window count is then the default, so `svdc eval OUT` repeats the report's number."""
+    return (entry is not None and bool(entry.get("partial")) and entry.get("dataset") == dataset
+            and int(entry["seqlen"]) == int(seqlen) and entry.get("n_windows") is not None)
 
 
 def ppl_table(results: list[dict[str, Any]], title: str) -> Table:

@@ -1,7 +1,8 @@
 """Models: resolve MODEL to files, check them, load them, and find their decoder layers.
 
 One job a file: aliases (names and offline sources), resolve (alias/folder/.gguf/Hub id to
-files), offline (PyPI wheel -> GGUF -> safetensors), integrity (weight-file checks), device
+files), offline (PyPI wheel -> GGUF -> safetensors), integrity (weight-file and config
+checks), gguf_header (a GGUF header walked with bounds), device
 (device and dtypes), load (transformers loading), architectures (layers and target linears).
 """
 

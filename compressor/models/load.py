@@ -16,11 +16,11 @@ from compressor.safety.remote_code import check_remote_code
 
 from .architectures import decoder_layers
 from .device import checkpoint_dtype, resolve_device, resolve_dtype
+from .gguf_header import check_gguf_file
 from .integrity import (
     CONFIG_ERRORS,
     check_config,
     check_config_dict,
-    check_gguf_file,
     check_loaded,
     file_sha256,
     stored_layers,

@@ -35,7 +35,8 @@ from torch import nn
 from compressor.errors import UserError
 
 from .aliases import Alias, OfflineSource, ResolvedModel
-from .integrity import check_gguf_file, check_weights, file_sha256
+from .gguf_header import check_gguf_file
+from .integrity import check_weights, file_sha256
 
 log = logging.getLogger("svdc.models")   # shown by default: a first conversion takes a minute
 

@@ -21,7 +21,8 @@ from huggingface_hub import snapshot_download
 from compressor.errors import UserError
 
 from .aliases import ALIASES, ResolvedModel
-from .integrity import check_config, check_gguf_file, stored_layers, weights_table
+from .gguf_header import check_gguf_file
+from .integrity import check_config, stored_layers, weights_table
 from .offline import resolve_offline
 
 log = logging.getLogger(__name__)

@@ -279,17 +279,28 @@ def _sigterm(*a, **k):
     raise AssertionError("SIGTERM was not delivered")
 
 
-@pytest.mark.parametrize("command", ["compress", "eval"])
+@pytest.mark.parametrize("command", ["compress", "run", "eval", "export", "inspect"])
 def test_sigterm_prints_one_line_and_exits_143(world, run, monkeypatch, command):
+    import compressor.checkpoint as checkpoint
+    import compressor.checkpoint.verify as verify
     import compressor.data as data
     import compressor.evaluate as evaluate
     out = world.root / "out"
     if command == "compress":
         monkeypatch.setattr(data, "calibration_windows", _sigterm)
         args = ["compress", world.model, "--method", "gptq", *FAST, "-o", out]
-    else:
+    elif command == "run":
+        monkeypatch.setattr(data, "calibration_windows", _sigterm)
+        args = ["run", _recipe(world, stages=[{"method": "gptq", "bits": 4, "group_size": 32}])]
+    elif command == "eval":
         monkeypatch.setattr(evaluate, "evaluate", _sigterm)
         args = ["eval", world.prior, "--seqlen", "32", "--max-windows", "1"]
+    elif command == "export":
+        monkeypatch.setattr(checkpoint, "export_dense", _sigterm)
+        args = ["export", world.prior, "--format", "dense", "-o", out]
+    else:
+        monkeypatch.setattr(verify, "read_config", _sigterm)
+        args = ["inspect", world.prior]
     unchanged_after(
         world, run, args, "terminated (SIGTERM): no output folder was written", code=143)
 
@@ -396,3 +407,72 @@ def test_a_malformed_gguf_is_one_line_through_the_cli(world, run, mangle):
     for args in (compress(world)[:1] + [gguf_file] + compress(world)[2:],
                  ["eval", gguf_file, "--seqlen", "16", "--max-windows", "1"]):
         unchanged_after(world, run, args, f"error: '{gguf_file}' is corrupt: {first}")
+
+
+# ---------------------------------------------------------------- broken checkpoints, absurd configs
+
+def _broken(world, case: str) -> Path:
+    """A copy of the model beside the others, broken one way (issue 25, items 3 and 5)."""
+    import json
+    import struct
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    folder = world.root / f"broken-{case}"
+    shutil.copytree(world.model, folder)
+    st_path, cfg_path = folder / "model.safetensors", folder / "config.json"
+    key = "model.layers.1.mlp.down_proj.weight"
+    if case in ("missing", "inf", "nan", "wrong-shape"):
+        st = load_file(st_path)
+        if case == "missing":
+            st.pop(key)
+        elif case == "wrong-shape":
+            st[key] = torch.zeros(st[key].shape[0], st[key].shape[1] + 1)
+        else:
+            st[key][0, 0] = float(case)
+        save_file(st, str(st_path), metadata={"format": "pt"})
+    elif case == "bin-and-empty-safetensors":
+        torch.save(load_file(st_path), folder / "pytorch_model.bin")
+        st_path.write_bytes(b"")
+    elif case == "header-is-a-list":
+        data = st_path.read_bytes()
+        n = struct.unpack("<Q", data[:8])[0]
+        st_path.write_bytes(struct.pack("<Q", 8) + b"[1,2,3] " + data[8 + n:])
+    else:
+        field, value = {"hidden-1e9": ("hidden_size", 10 ** 9),
+                        "vocab-negative": ("vocab_size", -5),
+                        "heads-0": ("num_attention_heads", 0),
+                        "layers-1e6": ("num_hidden_layers", 10 ** 6)}[case]
+        cfg = json.loads(cfg_path.read_text())
+        cfg[field] = value
+        cfg_path.write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("case, first", [
+    ("missing", "lacks 1 tensor(s) the architecture expects (model.layers.1.mlp.down_proj"),
+    ("inf", "NaN or Inf"),
+    ("nan", "NaN or Inf"),
+    ("wrong-shape", "model.layers.1.mlp.down_proj.weight"),
+    ("bin-and-empty-safetensors", "model.safetensors"),
+    ("header-is-a-list", "is corrupt"),
+    ("hidden-1e9", "B parameters (hidden_size 1000000000"),
+    ("vocab-negative", "vocab_size"),
+    ("heads-0", "num_attention_heads"),
+    ("layers-1e6", "num_hidden_layers"),
+])
+@pytest.mark.parametrize("command", ["compress", "eval"])
+def test_a_broken_checkpoint_is_one_line_in_every_command(world, run, case, first, command):
+    """Was exit 0 with random fills, an internal error, or no answer: now exit 2 naming the
+    file or key, nothing written, every byte (the broken model's too) as it was."""
+    model = _broken(world, case)
+    args = (compress(world)[:1] + [model] + compress(world)[2:] if command == "compress"
+            else ["eval", model, "--seqlen", "16", "--max-windows", "1"])
+    before = state(world.root)
+    r = run(args)
+    assert r.code == 2, r.err
+    line = r.first_line
+    assert line.startswith("error: ") and first in line, line
+    assert "Traceback" not in r.err
+    assert leftovers(world.root / "out", before) == []
+    assert state(world.root) == before

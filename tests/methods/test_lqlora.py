@@ -254,3 +254,13 @@ def test_fisher_output_plan_error_is_invariant_to_input_scale():
     base = measure(w, x, rows)
     scaled = measure(w / s, x * s, rows)
     assert np.allclose(base, scaled, rtol=1e-4)
+
+
+def test_too_few_calibration_tokens_for_the_gptq_fit_are_said():
+    from compressor.core.registry import get_method
+    method = get_method("lqlora")()
+    cfg = method.Config(bits=3.375, rank=8)
+    advice = method.calibration_advice(cfg, 2048, 1536)
+    assert advice and "2048 calibration tokens" in advice and "--nsamples" in advice
+    assert method.calibration_advice(cfg, 8192, 1536) is None
+    assert method.calibration_advice(method.Config(bits=3.375, rank=8, error="weight"), 16, 1536) is None

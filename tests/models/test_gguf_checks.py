@@ -12,7 +12,7 @@ import pytest
 
 from compressor.errors import UserError
 from compressor.models import load_model, resolve_model
-from compressor.models.integrity import check_gguf_file
+from compressor.models.gguf_header import check_gguf_file
 
 gguf = pytest.importorskip("gguf")
 

@@ -142,6 +142,16 @@ class LQLoRA(Method):
         return (frozenset({"gram"}) if cfg.mixed and cfg.error in ("output", "fisher-output")
                 else frozenset())
 
+    def calibration_advice(self, cfg: LQLoRAConfig, tokens: int, widest_input: int) -> str | None:
+        # measured on SmolLM2 (tests/methods/test_lqlora_heldout.py): with 2,048 tokens for
+        # down_proj's 1,536 inputs the GPTQ-rounded fit lost to RTN on held-out windows; with
+        # 8,192 every planned matrix beat it
+        if cfg.error in ("output", "fisher-output") and tokens < 4 * widest_input:
+            return (f"lqlora error: {cfg.error}: {tokens} calibration tokens for inputs up to "
+                    f"{widest_input} wide; its GPTQ-rounded fit may not carry over to other "
+                    f"text below ~{4 * widest_input} tokens: raise --nsamples or --seqlen")
+        return None
+
     def _error_row(self, w: torch.Tensor, cfg: LQLoRAConfig, configs: list[NFConfig],
                    weighting: dict[str, Any], generator: torch.Generator | None,
                    target: Target | None = None) -> list[float]:
