@@ -128,31 +128,27 @@ def lq_decompose(w: torch.Tensor, rank: int, quantizer: Quantizer, max_iters: in
                     w.new_zeros(m, rank, dtype=torch.float64), torch.zeros_like(p_resid))
         return obj.lowrank(p_resid, rank, generator, svd_method)
 
-    def p_resid(deq: torch.Tensor) -> torch.Tensor:
-        # P(W − Q): the residual formed first, so its product by the whitening runs in
-        # float32 without cancellation (4x cheaper than float64; P(W) alone is float64)
-        return obj.apply(w - deq, torch.float32)
-
     # Candidate 0: quantization first, then the best rank-r fit of what it left.
     deq, q = quantizer(w)
-    p_res = p_resid(deq)
+    p_res = pw - obj.apply(deq)
     a, b, p_low = lowrank(p_res)
     best_err = sq(p_res - p_low)
     best = (q, a, b)
     errors = [best_err / ref]
-    # The paper's sequence: Q(0) = 0, so the first rank-r fit is of P(W).
-    p_res = pw
+    # The paper's sequence: Q(0) = 0.
+    p_q = torch.zeros_like(pw)
     prev = math.inf
     iters = 0
     for iters in range(1, (max_iters if rank > 0 else 0) + 1):
+        p_res = pw - p_q
         a, b, p_low = lowrank(p_res)
         if iters > 1:
             half = sq(p_res - p_low)                  # (old Q, new L)
             if half < best_err:
                 best_err, best = half, (q, a, b)
         deq, q = quantizer(w - (b @ a).float())
-        p_res = p_resid(deq)
-        err = sq(p_res - p_low)
+        p_q = obj.apply(deq)
+        err = sq(pw - p_q - p_low)
         errors.append(err / ref)
         if err < best_err:
             best_err, best = err, (q, a, b)
