@@ -62,7 +62,7 @@ def eval_cmd(model: str = typer.Argument(..., help="an svdc output folder, or an
     if datasets:
         recorded = recorded_eval(model)
         if not seqlen:   # said only when chosen for the user
-            seqlen, why = recorded_seqlen(model)
+            seqlen, why = recorded_seqlen(model, recorded)
             console.print(f"seqlen {seqlen} ({why})", highlight=False)
         with RichProgress() as progress:
             for ds in datasets:
@@ -104,16 +104,17 @@ def recorded_eval(model: str) -> dict[str, Any] | None:
     """The first perplexity entry of an svdc output's own report (None: no readable one)."""
     try:
         entry = (json.loads((Path(model) / "report.json").read_text()).get("eval") or [])[0]
-        int(entry["seqlen"])
-        return entry if isinstance(entry, dict) else None
+        int(entry["seqlen"]), int(entry.get("n_windows") or 0)   # a non-dict entry raises too
+        return entry
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
 
 
-def recorded_seqlen(model: str) -> tuple[int, str]:
-    """The window length an svdc output's own report scored it at, so `svdc eval OUT`
-    repeats the compress run's number unless told otherwise; else 2048."""
-    entry = recorded_eval(model)
+def recorded_seqlen(model: str, entry: dict[str, Any] | None = None) -> tuple[int, str]:
+    """The window length an svdc output's own report scored it at (``entry``: its
+    recorded_eval, when already read), so `svdc eval OUT` repeats the compress run's number
+    unless told otherwise; else 2048."""
+    entry = recorded_eval(model) if entry is None else entry
     if entry is None:
         return 2048, "default; --seqlen to change"
     return int(entry["seqlen"]), f"as in {Path(model) / 'report.json'}; --seqlen to change"
